@@ -1,0 +1,1 @@
+"""GPT-ST pipeline library."""

@@ -29,3 +29,18 @@ def week_h5() -> Path:
 @pytest.fixture(scope="session")
 def week_pkl() -> Path:
     return WEEK_DIR / "adj_mx.pkl"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_tracking(tmp_path_factory: pytest.TempPathFactory):
+    """Tests never write into the project's own MLflow store."""
+    import os
+
+    store = tmp_path_factory.mktemp("mlflow")
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlruns.db'}"
+    yield store
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old

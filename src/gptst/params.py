@@ -380,7 +380,7 @@ class PromotionParams(_Section):
 
 class TrackingParams(_Section):
     experiment_prefix: str = "gptst"
-    register: bool = True
+    register_models: bool = True
 
 
 class OrchestrationParams(_Section):
@@ -474,11 +474,15 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
+        problems = err.errors()
+        first = problems[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
         source = _origin_of(first["loc"], origin, path)
-        more = f" (and {err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
-        raise InputError(source, loc or "(top level)", _describe(first) + more) from None
+        others = [f"{'.'.join(map(str, e['loc']))}: {_describe(e)}" for e in problems[1:6]]
+        more = f"; also {'; '.join(others)}" if others else ""
+        if len(problems) > 6:
+            more += f" (and {len(problems) - 6} more)"
+        raise InputError(source, loc, _describe(first) + more) from None
     params._root = path.parent
     return params
 

@@ -1,0 +1,55 @@
+# The two commands: `make run` (whole pipeline on the embedded METR-LA week) and `make test`.
+# Both create .venv and install on first use; later calls reuse it.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+UI_PORT ?= 5000
+PYTEST_ARGS ?=
+
+# Offline environment (STACK.md): no telemetry, local state inside the project.
+export PATH := $(BIN):$(PATH)
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_EPHEMERAL_ENABLED := true
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlruns.db
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
+export DVC_NO_ANALYTICS := 1
+export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/site-cache
+export GX_ANALYTICS_ENABLED := false
+
+# pip's configured extra index folders that do not exist on a machine print one warning each.
+QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+.PHONY: help install run test ui
+
+help:
+	@echo "make run    - install (first time) and run the whole pipeline (dvc repro) on the embedded data"
+	@echo "make test   - install (first time) and run the test suite"
+	@echo "make ui     - MLflow UI on http://127.0.0.1:$(UI_PORT)"
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --progress-bar off -q torch==2.13.0 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -m pip install --progress-bar off -q -c constraints.txt -e '.[dev]' 2>&1 | $(QUIET_PIP)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	dvc repro
+	gptst outputs
+
+test: $(STAMP)
+	pytest -q --durations=15 $(PYTEST_ARGS)
+
+ui: $(STAMP)
+	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)  (store: $(MLFLOW_TRACKING_URI))"
+	mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --default-artifact-root "$(CURDIR)/mlartifacts" --host 127.0.0.1 --port $(UI_PORT)

@@ -1,0 +1,43 @@
+"""What the pipeline has produced for the current dataset, for `make run` to print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gptst.params import load_params
+
+OUTPUT_FOLDERS = ("data/processed", "models", "reports")
+
+
+def _size(n_bytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n_bytes < 1024 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+    return ""
+
+
+def print_outputs(root: Path) -> int:
+    """List every output file of the current dataset with its size, and the validation verdict."""
+    params = load_params(root / "params.yaml")
+    name = params.dataset.name
+    print(f"\nOutputs for dataset '{name}' (preset '{params.preset}'):")
+    found = 0
+    for folder in OUTPUT_FOLDERS:
+        base = root / folder / name
+        for path in sorted(p for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            print(f"  {path.relative_to(root)!s:<60} {_size(path.stat().st_size):>10}")
+            found += 1
+    if not found:
+        print("  nothing yet: run `dvc repro` (or `make run`)")
+    metrics = root / "reports" / name / "validation" / "metrics.json"
+    if metrics.is_file():
+        counts = json.loads(metrics.read_text())
+        verdict = "passed" if counts.get("blocking_failed", 1) == 0 else "FAILED"
+        print(
+            f"\nValidation {verdict}: {counts.get('successful')}/{counts.get('evaluated')} expectations met; "
+            f"report: reports/{name}/validation/summary.md"
+        )
+    print("MLflow UI: make ui  (http://127.0.0.1:5000)")
+    return 0

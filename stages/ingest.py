@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.log_metrics({f"missing_rate_{c}": r for c, r in meta["missing_rate"].items()})
             mlflow.log_artifact(str(result.meta_path))
         print(
-            f"ingest: {source} -> {result.series_path} [{T} steps x {N} nodes x {C} channels, "
+            f"ingest: {params.dataset.series} -> {result.series_path} [{T} steps x {N} nodes x {C} channels, "
             f"freq {meta['freq']}, {meta['start']} .. {meta['end']}] (MLflow run {run.info.run_id})"
         )
 

@@ -1,0 +1,74 @@
+"""DVC stage `validate`: Great Expectations on the series and the graph; blocks bad data.
+
+Writes the GX result, an offline summary and DVC metrics under --out whether or not the data
+passes; exits 1 (naming the failed expectations and examples) when a blocking one fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gptst.cli import run_stage
+from gptst.data.series import load_series, read_series_metadata
+from gptst.graph import load_adjacency
+from gptst.params import load_params
+from gptst.tracking import stage_run
+from gptst.validation import validate_dataset
+
+EXIT_INVALID_DATA = 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--series", required=True, type=Path)
+    parser.add_argument("--adjacency", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path, help="report folder")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        params = load_params(args.params)
+        series = load_series(args.series)
+        graph = load_adjacency(args.adjacency)
+        report = validate_dataset(
+            series,
+            graph.adj,
+            graph.node_ids,
+            params.dataset,
+            params.validation,
+            args.out,
+            expected_freq=params.dataset.freq,
+        )
+        sha = read_series_metadata(args.series).get("source_sha256", "")
+        with stage_run(
+            "validate",
+            params,
+            dataset_sha256=sha,
+            sections=("validation",),
+            tags={"validation_success": str(report.success).lower()},
+        ) as run:
+            import mlflow
+
+            mlflow.log_metrics({k: float(v) for k, v in report.counts.items() if isinstance(v, (int, float))})
+            for path in report.paths.values():
+                mlflow.log_artifact(str(path), artifact_path="validation")
+        counts = report.counts
+        verdict = "passed" if report.success else "FAILED"
+        print(
+            f"validate: {verdict}: {counts.get('successful')}/{counts.get('evaluated')} expectations met; "
+            f"report in {args.out} (MLflow run {run.info.run_id})"
+        )
+        if report.zero_node_ids:
+            print(f"validate: {len(report.zero_node_ids)} nodes are zero at every step: {report.zero_node_ids[:10]} ...")
+        if not report.success:
+            print(f"error: validation failed for {args.series}:\n{report.message}", file=sys.stderr)
+            return EXIT_INVALID_DATA
+        return 0
+
+    return run_stage(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

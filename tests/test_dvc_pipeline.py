@@ -1,0 +1,135 @@
+"""`dvc repro` in a temporary clone of the project: the embedded week end to end, a no-op
+second run, and the NYC bike grid by editing params.yaml only. One pipeline run per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def project_files(root: Path) -> list[str]:
+    """What a clone would contain: tracked files plus new, not ignored ones (the working tree)."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=root, capture_output=True, text=True, check=True,
+    ).stdout
+    return [f for f in out.split("\0") if f and (root / f).is_file()]
+
+
+@dataclass
+class Clone:
+    root: Path
+    env: dict[str, str]
+    logs: dict[str, subprocess.CompletedProcess] = field(default_factory=dict)
+
+    def run(self, *args: str, name: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(list(args), cwd=self.root, env=self.env, capture_output=True, text=True)
+        if name:
+            self.logs[name] = proc
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def dvc(self, *args: str, name: str | None = None) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, "-m", "dvc", *args, name=name)
+
+    def mlflow_runs(self) -> list[tuple[str, str]]:
+        """(experiment, stage tag) of every run in the clone's own MLflow store."""
+        with sqlite3.connect(self.root / "mlruns.db") as db:
+            return db.execute(
+                "SELECT e.name, t.value FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
+                "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'stage' ORDER BY r.start_time"
+            ).fetchall()
+
+    def hashes(self, folder: str) -> dict[str, bytes]:
+        base = self.root / folder
+        return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Clone:
+    root = tmp_path_factory.mktemp("clone") / "gptst"
+    for rel in project_files(REPO_ROOT):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / rel, root / rel)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GPTST_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        DVC_NO_ANALYTICS="1",
+        DVC_SITE_CACHE_DIR=str(root / ".dvc" / "site-cache"),
+        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
+    )
+    c = Clone(root, env)
+    c.run("git", "init", "-q")
+    c.run("git", "add", "-A")
+    c.run("git", "commit", "-q", "-m", "clone")
+    # MLFLOW_TRACKING_URI is unset: the library must put the store at the clone's root by itself.
+    c.dvc("repro", name="first")
+    c.week_outputs = c.hashes("data/processed/metr-la-week")  # type: ignore[attr-defined]
+    c.runs_after_first = c.mlflow_runs()  # type: ignore[attr-defined]
+    c.dvc("repro", name="second")
+    c.runs_after_second = c.mlflow_runs()  # type: ignore[attr-defined]
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["dataset"].update(
+        name="nycbike-grid", kind="demand",
+        series="tests/data/nycbike-grid/nycbike-grid.npz", graph="tests/data/nycbike-grid/adj_mx.npz",
+        channel_names=["inflow", "outflow"], null_value=None,
+        split={"train": 0.6, "val": 0.2, "test": 0.2},
+    )
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    c.dvc("repro", name="nyc")
+    return c
+
+
+def test_repro_runs_ingest_adjacency_and_validate_on_the_embedded_week(clone: Clone):
+    out = clone.logs["first"].stdout
+    for stage in ("ingest", "adjacency", "validate"):
+        assert f"Running stage '{stage}'" in out
+    processed = clone.root / "data/processed/metr-la-week"
+    assert {"series.parquet", "meta.json", "adjacency.npz"} <= {p.name for p in processed.iterdir()}
+    counts = json.loads((clone.root / "reports/metr-la-week/validation/metrics.json").read_text())
+    assert counts["blocking_failed"] == 0 and counts["evaluated"] > 10
+    assert json.loads((processed / "meta.json").read_text())["shape"] == [2016, 207, 1]
+
+
+def test_every_stage_logged_an_mlflow_run_into_the_store_at_the_project_root(clone: Clone):
+    assert clone.runs_after_first == [
+        ("gptst-metr-la-week", "ingest"), ("gptst-metr-la-week", "adjacency"), ("gptst-metr-la-week", "validate")
+    ]
+    assert (clone.root / "mlartifacts" / "gptst-metr-la-week").is_dir()
+
+
+def test_a_second_repro_with_nothing_changed_runs_nothing(clone: Clone):
+    out = clone.logs["second"].stdout
+    assert "Running stage" not in out
+    assert clone.runs_after_second == clone.runs_after_first
+
+
+def test_the_nyc_bike_grid_runs_by_editing_params_only(clone: Clone):
+    out = clone.logs["nyc"].stdout
+    for stage in ("ingest", "adjacency", "validate"):
+        assert f"Running stage '{stage}'" in out
+    meta = json.loads((clone.root / "data/processed/nycbike-grid/meta.json").read_text())
+    assert meta["shape"] == [1369, 128, 2] and meta["freq"] == "h" and meta["kind"] == "demand"
+    counts = json.loads((clone.root / "reports/nycbike-grid/validation/metrics.json").read_text())
+    assert counts["blocking_failed"] == 0
+    assert counts["zero_nodes"] == 47  # water and empty cells: reported, not blocking
+    assert "47 nodes are zero at every step" in out
+    # outputs are keyed by dataset: the week's outputs are untouched
+    assert clone.hashes("data/processed/metr-la-week") == clone.week_outputs  # type: ignore[attr-defined]
+    assert ("gptst-nycbike-grid", "validate") in clone.mlflow_runs()

@@ -44,3 +44,41 @@ def _isolated_tracking(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def _ingested(factory: pytest.TempPathFactory, source: Path, **dataset):
+    """A real file taken through the ingest path (reader, canonical Parquet, load_series)."""
+    from gptst.data.ingest import ingest
+    from gptst.data.series import load_series
+    from gptst.params import DatasetParams
+
+    params = DatasetParams(name="fixture", series=str(source), graph="unused", **dataset)
+    out = factory.mktemp("series")
+    ingest(params, source, out / "series.parquet", out / "meta.json")
+    return load_series(out / "series.parquet")
+
+
+@pytest.fixture(scope="session")
+def week(tmp_path_factory: pytest.TempPathFactory):
+    """The embedded METR-LA week as SeriesData [2016, 207, 1] (speeds, null value 0)."""
+    return _ingested(tmp_path_factory, WEEK_DIR / "metr-la-week.h5", kind="speed", null_value=0.0)
+
+
+@pytest.fixture(scope="session")
+def raw100(tmp_path_factory: pytest.TempPathFactory):
+    """The first 100 raw METR-LA steps [100, 207, 1]: zeros are real missing readings."""
+    return _ingested(
+        tmp_path_factory, TEST_DATA / "metr-la-raw100" / "metr-la-raw100.h5", kind="speed", null_value=0.0
+    )
+
+
+@pytest.fixture(scope="session")
+def bike(tmp_path_factory: pytest.TempPathFactory):
+    """The NYC bike grid [1369, 128, 2] (inflow, outflow counts, hourly; real zeros)."""
+    return _ingested(
+        tmp_path_factory,
+        TEST_DATA / "nycbike-grid" / "nycbike-grid.npz",
+        kind="demand",
+        null_value=None,
+        channel_names=["inflow", "outflow"],
+    )

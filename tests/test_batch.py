@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -13,35 +12,6 @@ from gptst.data.scaler import StandardScaler, fit_train_scaler
 from gptst.data.series import SeriesData
 from gptst.data.windows import make_splits
 from gptst.params import SplitRatios, WindowParams
-
-
-@pytest.fixture(scope="module")
-def week(week_h5) -> SeriesData:
-    df = pd.read_hdf(week_h5, "df")
-    return SeriesData(
-        values=np.array(df.to_numpy(dtype=np.float32)[:, :, None]),
-        timestamps=pd.DatetimeIndex(df.index),
-        node_ids=[str(c) for c in df.columns],
-        channels=["speed"],
-        freq="5min",
-        null_value=0.0,
-        kind="speed",
-    )
-
-
-@pytest.fixture(scope="module")
-def bike(test_data) -> SeriesData:
-    """Real NYC bike data: two channels (inflow, outflow), hourly."""
-    npz = np.load(test_data / "nycbike-grid" / "nycbike-grid.npz")
-    return SeriesData(
-        values=npz["data"],
-        timestamps=pd.DatetimeIndex(pd.to_datetime(npz["timestamps"])),
-        node_ids=[str(i) for i in range(npz["data"].shape[1])],
-        channels=["inflow", "outflow"],
-        freq="1h",
-        null_value=None,
-        kind="demand",
-    )
 
 
 def _batcher(series: SeriesData, t_in: int, t_out: int) -> tuple[WindowBatcher, StandardScaler]:

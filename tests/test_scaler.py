@@ -5,35 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from gptst.data.scaler import StandardScaler, fit_train_scaler
-from gptst.data.series import SeriesData
 from gptst.data.splits import chronological_split
 from gptst.params import SplitRatios
-
-
-@pytest.fixture(scope="module")
-def raw100(test_data) -> SeriesData:
-    """First 100 real METR-LA steps: zeros are missing readings (3.1% of cells)."""
-    df = pd.read_hdf(test_data / "metr-la-raw100" / "metr-la-raw100.h5", "df")
-    return SeriesData(
-        values=np.array(df.to_numpy(dtype=np.float32)[:, :, None]),  # writable copy
-        timestamps=pd.DatetimeIndex(df.index),
-        node_ids=[str(c) for c in df.columns],
-        channels=["speed"],
-        freq="5min",
-        null_value=0.0,
-        kind="speed",
-    )
-
-
-@pytest.fixture(scope="module")
-def bike(test_data) -> np.ndarray:
-    """Real NYC bike inflow/outflow counts, [1369, 128, 2]."""
-    return np.load(test_data / "nycbike-grid" / "nycbike-grid.npz")["data"]
 
 
 def test_fit_uses_only_non_missing_training_cells(raw100):
@@ -71,20 +48,26 @@ def test_nan_cells_are_missing_too():
     assert StandardScaler.fit(values, null_value=None).mean.tolist() == [pytest.approx(4 / 3)]
 
 
-def test_each_channel_has_its_own_statistics(bike):
-    scaler = StandardScaler.fit(bike, null_value=None, channels=["inflow", "outflow"])
+@pytest.fixture(scope="module")
+def bike_counts(bike) -> np.ndarray:
+    """Real NYC bike inflow/outflow counts, [1369, 128, 2]."""
+    return bike.values
 
-    flat = bike.reshape(-1, 2).astype(np.float64)
+
+def test_each_channel_has_its_own_statistics(bike_counts):
+    scaler = StandardScaler.fit(bike_counts, null_value=None, channels=["inflow", "outflow"])
+
+    flat = bike_counts.reshape(-1, 2).astype(np.float64)
     np.testing.assert_allclose(scaler.mean, flat.mean(axis=0), rtol=1e-10)
     np.testing.assert_allclose(scaler.std, flat.std(axis=0), rtol=1e-10)
-    scaled = scaler.transform(bike).reshape(-1, 2).astype(np.float64)
+    scaled = scaler.transform(bike_counts).reshape(-1, 2).astype(np.float64)
     np.testing.assert_allclose(scaled.mean(axis=0), 0.0, atol=1e-4)
     np.testing.assert_allclose(scaled.std(axis=0), 1.0, atol=1e-4)
 
 
-def test_a_constant_channel_gets_std_one_not_a_division_by_zero(bike):
-    # Grid cell 0 of the real bike data is 0 at every step: std 0.
-    cell = bike[:, 0, :]
+def test_a_constant_channel_gets_std_one_not_a_division_by_zero(bike_counts):
+    # Grid cell 0 of the real bike_counts data is 0 at every step: std 0.
+    cell = bike_counts[:, 0, :]
     assert np.all(cell == 0)
 
     scaler = StandardScaler.fit(cell, null_value=None)
@@ -110,14 +93,14 @@ def test_transform_roundtrips_numpy_and_torch_of_any_leading_shape(raw100):
     np.testing.assert_allclose(scaler.inverse_transform(scaled_torch).numpy(), windows, atol=1e-4)
 
 
-def test_transform_rejects_a_channel_count_mismatch(bike):
-    scaler = StandardScaler.fit(bike)
+def test_transform_rejects_a_channel_count_mismatch(bike_counts):
+    scaler = StandardScaler.fit(bike_counts)
     with pytest.raises(ValueError, match="channels"):
-        scaler.transform(bike[..., :1])
+        scaler.transform(bike_counts[..., :1])
 
 
-def test_scaler_roundtrips_through_a_json_dict(bike):
-    scaler = StandardScaler.fit(bike, channels=["inflow", "outflow"])
+def test_scaler_roundtrips_through_a_json_dict(bike_counts):
+    scaler = StandardScaler.fit(bike_counts, channels=["inflow", "outflow"])
 
     restored = StandardScaler.from_dict(json.loads(json.dumps(scaler.to_dict())))
     np.testing.assert_array_equal(restored.mean, scaler.mean)

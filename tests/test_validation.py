@@ -47,43 +47,9 @@ def metr_graph(week_pkl: Path) -> tuple[list[str], np.ndarray]:
     return canonical_ids(ids), np.asarray(adj)
 
 
-def _speed_series(h5: Path) -> SeriesData:
-    df = pd.read_hdf(h5, "df")
-    return SeriesData(
-        values=df.to_numpy(dtype=np.float32)[:, :, None],
-        timestamps=pd.DatetimeIndex(df.index),
-        node_ids=canonical_ids(df.columns),
-        channels=["speed"],
-        freq="5min",
-        null_value=0.0,
-        kind="speed",
-    )
-
-
 @pytest.fixture(scope="module")
-def week(week_h5: Path) -> SeriesData:
-    return _speed_series(week_h5)
-
-
-@pytest.fixture(scope="module")
-def raw100(test_data: Path) -> SeriesData:
-    return _speed_series(test_data / "metr-la-raw100" / "metr-la-raw100.h5")
-
-
-@pytest.fixture(scope="module")
-def bike(test_data: Path) -> tuple[SeriesData, np.ndarray]:
-    data = np.load(test_data / "nycbike-grid" / "nycbike-grid.npz")
-    series = SeriesData(
-        values=data["data"].astype(np.float32),
-        timestamps=pd.DatetimeIndex(pd.to_datetime(data["timestamps"])),
-        node_ids=[str(i) for i in range(data["data"].shape[1])],
-        channels=["inflow", "outflow"],
-        freq="1h",
-        null_value=None,
-        kind="demand",
-    )
-    adj = np.load(test_data / "nycbike-grid" / "adj_mx.npz")["adj_mx"]
-    return series, adj
+def bike_with_graph(bike: SeriesData, test_data: Path) -> tuple[SeriesData, np.ndarray]:
+    return bike, np.load(test_data / "nycbike-grid" / "adj_mx.npz")["adj_mx"]
 
 
 @pytest.fixture(scope="module")
@@ -238,8 +204,8 @@ def test_raw_slice_fails_stricter_per_node_threshold_naming_the_sensor(run, raw1
     assert "FAIL" in (tmp_path / "summary.md").read_text()
 
 
-def test_bike_grid_passes_and_reports_zero_nodes(run, bike, tmp_path) -> None:
-    series, adj = bike
+def test_bike_grid_passes_and_reports_zero_nodes(run, bike_with_graph, tmp_path) -> None:
+    series, adj = bike_with_graph
     report = run(series, graph=(series.node_ids, adj), dataset=BIKE)
     assert report.success, report.message
     zero = only(report.gx_result, "expect_column_values_to_be_between", "nonzero_steps")
@@ -257,8 +223,8 @@ def test_bike_grid_passes_and_reports_zero_nodes(run, bike, tmp_path) -> None:
     assert all(i in (tmp_path / "summary.md").read_text() for i in expected)
 
 
-def test_bike_zero_nodes_block_when_asked(run, bike) -> None:
-    series, adj = bike
+def test_bike_zero_nodes_block_when_asked(run, bike_with_graph) -> None:
+    series, adj = bike_with_graph
     options = ValidationParams(block_on_zero_nodes=True, max_examples=3)
     report = run(series, graph=(series.node_ids, adj), dataset=BIKE, options=options)
     assert not report.success and report.counts["blocking_failed"] == 1

@@ -83,7 +83,7 @@ def validate_dataset(
 
     blocking = {v.name for v in views if v.blocking}
     failures = collect_failures(gx_result, blocking)
-    node_view = next((v for v in views if v.name == VALUES_SUITE))
+    node_view = next(v for v in views if v.name == VALUES_SUITE)
     zero_ids = _zero_node_ids(views)
     gaps = _gaps(gx_result, step, step_source)
     stats = [r["statistics"] for r in gx_result["validation_results"]]

@@ -9,7 +9,7 @@ from gptst.cli import run_stage
 from gptst.data.series import read_series_metadata
 from gptst.graph import build_adjacency, graph_checksum, write_adjacency
 from gptst.params import load_params
-from gptst.tracking import stage_run
+from gptst.tracking import log_stage_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,19 +27,17 @@ def main(argv: list[str] | None = None) -> int:
         write_adjacency(args.out, adj, node_ids)
         checksum = graph_checksum(adj, node_ids)
         nonzeros = int((adj != 0).sum())
-        with stage_run(
+        run_id = log_stage_run(
             "adjacency",
             params,
             dataset_sha256=series_meta.get("source_sha256", ""),
             sections=("graph",),
             tags={"graph_checksum": checksum, "graph_source": params.dataset.graph},
-        ) as run:
-            import mlflow
-
-            mlflow.log_metrics({"nodes": len(node_ids), "nonzeros": nonzeros, "density": nonzeros / len(node_ids) ** 2})
+            metrics={"nodes": len(node_ids), "nonzeros": nonzeros, "density": nonzeros / len(node_ids) ** 2},
+        )
         print(
             f"adjacency: {params.dataset.graph} -> {args.out} [{len(node_ids)} nodes, {nonzeros} non-zeros, "
-            f"symmetric={bool((adj == adj.T).all())}] (MLflow run {run.info.run_id})"
+            f"symmetric={bool((adj == adj.T).all())}] (MLflow run {run_id})"
         )
 
     return run_stage(body)

@@ -8,7 +8,7 @@ from pathlib import Path
 from gptst.cli import run_stage
 from gptst.data.ingest import ingest
 from gptst.params import load_params
-from gptst.tracking import stage_run
+from gptst.tracking import log_stage_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,16 +22,19 @@ def main(argv: list[str] | None = None) -> int:
         source = params.path(params.dataset.series)
         result = ingest(params.dataset, source, args.out / "series.parquet", args.out / "meta.json")
         meta = result.meta
-        with stage_run("ingest", params, dataset_sha256=meta["source_sha256"], sections=("dataset",)) as run:
-            import mlflow
-
-            T, N, C = meta["shape"]
-            mlflow.log_metrics({"steps": T, "nodes": N, "channels": C})
-            mlflow.log_metrics({f"missing_rate_{c}": r for c, r in meta["missing_rate"].items()})
-            mlflow.log_artifact(str(result.meta_path))
+        T, N, C = meta["shape"]
+        run_id = log_stage_run(
+            "ingest",
+            params,
+            dataset_sha256=meta["source_sha256"],
+            sections=("dataset",),
+            metrics={"steps": T, "nodes": N, "channels": C}
+            | {f"missing_rate_{c}": r for c, r in meta["missing_rate"].items()},
+            artifacts=[result.meta_path],
+        )
         print(
             f"ingest: {params.dataset.series} -> {result.series_path} [{T} steps x {N} nodes x {C} channels, "
-            f"freq {meta['freq']}, {meta['start']} .. {meta['end']}] (MLflow run {run.info.run_id})"
+            f"freq {meta['freq']}, {meta['start']} .. {meta['end']}] (MLflow run {run_id})"
         )
 
     return run_stage(body)

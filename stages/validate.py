@@ -14,7 +14,7 @@ from gptst.cli import run_stage
 from gptst.data.series import load_series, read_series_metadata
 from gptst.graph import load_adjacency
 from gptst.params import load_params
-from gptst.tracking import stage_run
+from gptst.tracking import log_stage_run
 from gptst.validation import validate_dataset
 
 EXIT_INVALID_DATA = 1
@@ -42,23 +42,23 @@ def main(argv: list[str] | None = None) -> int:
             expected_freq=params.dataset.freq,
         )
         sha = read_series_metadata(args.series).get("source_sha256", "")
-        with stage_run(
+        run_id = log_stage_run(
             "validate",
             params,
             dataset_sha256=sha,
             sections=("validation",),
             tags={"validation_success": str(report.success).lower()},
-        ) as run:
-            import mlflow
-
-            mlflow.log_metrics({k: float(v) for k, v in report.counts.items() if isinstance(v, (int, float))})
-            for path in report.paths.values():
-                mlflow.log_artifact(str(path), artifact_path="validation")
+            metrics={k: v for k, v in report.counts.items() if isinstance(v, (int, float))},
+            artifacts=list(report.paths.values()),
+            artifact_path="validation",
+        )
         counts = report.counts
         verdict = "passed" if report.success else "FAILED"
+        warnings = counts.get("failed", 0) - counts.get("blocking_failed", 0)
         print(
-            f"validate: {verdict}: {counts.get('successful')}/{counts.get('evaluated')} expectations met; "
-            f"report in {args.out} (MLflow run {run.info.run_id})"
+            f"validate: {verdict}: {counts.get('successful')}/{counts.get('evaluated')} expectations met, "
+            f"{counts.get('blocking_failed')} blocking failures, {warnings} warnings; "
+            f"report in {args.out} (MLflow run {run_id})"
         )
         if report.zero_node_ids:
             print(f"validate: {len(report.zero_node_ids)} nodes are zero at every step: {report.zero_node_ids[:10]} ...")

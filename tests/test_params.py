@@ -62,7 +62,7 @@ def test_params_yaml_spells_out_every_key_so_dvc_can_depend_on_it():
 def test_every_preset_only_sets_training_sections_and_reaches_the_adaptive_phase(project: Path):
     for preset in sorted((project / "presets").glob("*.yaml")):
         assert set(yaml.safe_load(preset.read_text())) <= set(PRESET_SECTIONS), preset.name
-        params = load_params(edit(project, lambda raw: raw.update(preset=preset.stem)))
+        params = load_params(edit(project, lambda raw, name=preset.stem: raw.update(preset=name)))
         assert params.preset == preset.stem
         assert 0 < params.pretrain.change_epoch < params.pretrain.epochs, preset.name
 

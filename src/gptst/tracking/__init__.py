@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +97,26 @@ def stage_run(
             dumped = params.model_dump(mode="json")
             mlflow.log_params(flatten({s: dumped[s] for s in sections}))
         yield run
+
+
+def log_stage_run(
+    stage: str,
+    params: Params,
+    *,
+    dataset_sha256: str,
+    device: str = "cpu",
+    sections: tuple[str, ...] = (),
+    tags: Mapping[str, str] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    artifacts: Sequence[str | Path] = (),
+    artifact_path: str | None = None,
+) -> str:
+    """Log a finished stage in one call (metrics, artifact files under ``artifact_path``); returns the run id."""
+    import mlflow
+
+    with stage_run(stage, params, dataset_sha256=dataset_sha256, device=device, sections=sections, tags=tags) as run:
+        if metrics:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        for path in artifacts:
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+    return run.info.run_id

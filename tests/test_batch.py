@@ -30,6 +30,7 @@ def test_a_batch_is_the_scaled_input_slice_and_the_raw_target_slice_of_each_wind
     for b, s in enumerate(starts):
         np.testing.assert_allclose(batch.x[b].numpy(), scaler.transform(week.values[s : s + 12]), rtol=1e-6)
         np.testing.assert_array_equal(batch.y[b].numpy(), week.values[s + 12 : s + 24])  # raw, unscaled
+        np.testing.assert_array_equal(batch.x_raw[b].numpy(), week.values[s : s + 12])
         np.testing.assert_array_equal(batch.cal[b].numpy(), calendar[s : s + 12])
         np.testing.assert_array_equal(batch.cal_y[b].numpy(), calendar[s + 12 : s + 24])
     assert batch.start.tolist() == starts
@@ -102,7 +103,7 @@ def test_windows_of_another_length_are_rejected(week):
         next(batcher.batches(other, 8))
 
 
-def test_nan_inputs_become_zero_but_targets_keep_them(week):
+def test_nan_inputs_become_zero_but_raw_inputs_and_targets_keep_them(week):
     values = week.values[:48].copy()
     values[3, 7, 0] = np.nan  # an input step of the window at 0
     values[10, 7, 0] = np.nan  # a target step of the same window
@@ -113,6 +114,7 @@ def test_nan_inputs_become_zero_but_targets_keep_them(week):
     assert batch.x[0, 3, 7, 0] == 0.0  # the training mean, in normalised units
     assert torch.isfinite(batch.x).all()
     assert torch.isnan(batch.y[0, 4, 7, 0])
+    assert torch.isnan(batch.x_raw[0, 3, 7, 0])  # the reconstruction target still sees it as missing
 
 
 def test_batch_moves_to_a_device_as_a_whole(week):

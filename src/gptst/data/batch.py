@@ -26,7 +26,8 @@ class Batch:
 
     ``x`` normalised input [B, T_in, N, C] float32; ``cal`` calendar of the inputs [B, T_in, 4];
     ``cal_y`` calendar of the targets [B, T_out, 4]; ``y`` raw (not normalised) targets
-    [B, T_out, N, C]; ``start`` window start indices [B] (int64).
+    [B, T_out, N, C]; ``start`` window start indices [B] (int64); ``x_raw`` the raw input
+    [B, T_in, N, C] (missing readings as they are: pre-training reconstructs it and masks them).
     """
 
     x: torch.Tensor
@@ -34,6 +35,7 @@ class Batch:
     cal_y: torch.Tensor
     y: torch.Tensor
     start: torch.Tensor
+    x_raw: torch.Tensor
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -121,6 +123,7 @@ class WindowBatcher:
             cal_y=self.calendar.index_select(0, out_steps).view(B, self.t_out, -1),
             y=self.raw.index_select(0, out_steps).view(B, self.t_out, *self.raw.shape[1:]),
             start=starts,
+            x_raw=self.raw.index_select(0, in_steps).view(B, self.t_in, *self.raw.shape[1:]),
         )
 
     def batches(

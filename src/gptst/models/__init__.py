@@ -1,0 +1,1 @@
+"""Models: the GPT-ST pre-training model (:mod:`gptst.models.gptst`)."""

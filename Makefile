@@ -28,12 +28,13 @@ export GX_ANALYTICS_ENABLED := false
 # pip's configured extra index folders that do not exist on a machine print one warning each.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help install run test ui
+.PHONY: help install run test ui bench
 
 help:
 	@echo "make run    - install (first time) and run the whole pipeline (dvc repro) on the embedded data"
 	@echo "make test   - install (first time) and run the test suite"
 	@echo "make ui     - MLflow UI on http://127.0.0.1:$(UI_PORT)"
+	@echo "make bench  - benchmarks (ingest memory, GPT-ST pre-training speed); tables on stdout"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,3 +54,7 @@ test: $(STAMP)
 ui: $(STAMP)
 	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)  (store: $(MLFLOW_TRACKING_URI))"
 	mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --default-artifact-root "$(CURDIR)/mlartifacts" --host 127.0.0.1 --port $(UI_PORT)
+
+bench: $(STAMP)
+	python bench/ingest_memory.py
+	python bench/pretrain_speed.py

@@ -54,6 +54,10 @@ class Clone:
                 "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'stage' ORDER BY r.start_time"
             ).fetchall()
 
+    def model_versions(self) -> list[tuple[str, int]]:
+        with sqlite3.connect(self.root / "mlruns.db") as db:
+            return db.execute("SELECT name, version FROM model_versions ORDER BY name, version").fetchall()
+
     def hashes(self, folder: str) -> dict[str, bytes]:
         base = self.root / folder
         return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
@@ -74,6 +78,10 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Clone:
         GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
     )
     c = Clone(root, env)
+    # the smallest training sizes: this test is about the pipeline, not the model
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["preset"] = "tiny"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     c.run("git", "init", "-q")
     c.run("git", "add", "-A")
     c.run("git", "commit", "-q", "-m", "clone")
@@ -81,8 +89,10 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Clone:
     c.dvc("repro", name="first")
     c.week_outputs = c.hashes("data/processed/metr-la-week")  # type: ignore[attr-defined]
     c.runs_after_first = c.mlflow_runs()  # type: ignore[attr-defined]
+    c.versions_after_first = c.model_versions()  # type: ignore[attr-defined]
     c.dvc("repro", name="second")
     c.runs_after_second = c.mlflow_runs()  # type: ignore[attr-defined]
+    c.versions_after_second = c.model_versions()  # type: ignore[attr-defined]
 
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["dataset"].update(
@@ -98,7 +108,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Clone:
 
 def test_repro_runs_ingest_adjacency_and_validate_on_the_embedded_week(clone: Clone):
     out = clone.logs["first"].stdout
-    for stage in ("ingest", "adjacency", "validate"):
+    for stage in ("ingest", "adjacency", "validate", "pretrain"):
         assert f"Running stage '{stage}'" in out
     processed = clone.root / "data/processed/metr-la-week"
     assert {"series.parquet", "meta.json", "adjacency.npz"} <= {p.name for p in processed.iterdir()}
@@ -109,7 +119,7 @@ def test_repro_runs_ingest_adjacency_and_validate_on_the_embedded_week(clone: Cl
 
 def test_every_stage_logged_an_mlflow_run_into_the_store_at_the_project_root(clone: Clone):
     assert clone.runs_after_first == [
-        ("gptst-metr-la-week", "ingest"), ("gptst-metr-la-week", "adjacency"), ("gptst-metr-la-week", "validate")
+        ("gptst-metr-la-week", stage) for stage in ("ingest", "adjacency", "validate", "pretrain")
     ]
     assert (clone.root / "mlartifacts" / "gptst-metr-la-week").is_dir()
 
@@ -118,11 +128,12 @@ def test_a_second_repro_with_nothing_changed_runs_nothing(clone: Clone):
     out = clone.logs["second"].stdout
     assert "Running stage" not in out
     assert clone.runs_after_second == clone.runs_after_first
+    assert clone.versions_after_second == clone.versions_after_first == [("gptst-encoder-metr-la-week", 1)]
 
 
 def test_the_nyc_bike_grid_runs_by_editing_params_only(clone: Clone):
     out = clone.logs["nyc"].stdout
-    for stage in ("ingest", "adjacency", "validate"):
+    for stage in ("ingest", "adjacency", "validate", "pretrain"):
         assert f"Running stage '{stage}'" in out
     meta = json.loads((clone.root / "data/processed/nycbike-grid/meta.json").read_text())
     assert meta["shape"] == [1369, 128, 2] and meta["freq"] == "h" and meta["kind"] == "demand"
@@ -133,3 +144,5 @@ def test_the_nyc_bike_grid_runs_by_editing_params_only(clone: Clone):
     # outputs are keyed by dataset: the week's outputs are untouched
     assert clone.hashes("data/processed/metr-la-week") == clone.week_outputs  # type: ignore[attr-defined]
     assert ("gptst-nycbike-grid", "validate") in clone.mlflow_runs()
+    assert ("gptst-encoder-nycbike-grid", 1) in clone.model_versions()
+    assert json.loads((clone.root / "reports/nycbike-grid/pretrain/metrics.json").read_text())["train_windows"] > 0

@@ -151,3 +151,9 @@ def test_the_digest_changes_with_any_value():
     b = load_params(REPO_ROOT / "params.yaml", overrides={"pretrain.lr": 0.001})
     assert a.digest() != b.digest()
     assert a.digest("dataset") == b.digest("dataset")
+
+
+def test_overriding_the_preset_selects_its_overlay():
+    tiny = load_params(REPO_ROOT / "params.yaml", overrides={"preset": "tiny"})
+    assert tiny.preset == "tiny"
+    assert tiny.pretrain.epochs == yaml.safe_load((REPO_ROOT / "presets" / "tiny.yaml").read_text())["pretrain"]["epochs"]

@@ -200,6 +200,7 @@ class OptimParams(_Section):
     lr_decay_rate: float = Field(0.3, gt=0, le=1)
     grad_clip: float | None = Field(5.0, gt=0)
     patience: int = Field(25, ge=1)
+    max_batches_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs; null: every window")
 
 
 class PretrainParams(OptimParams):
@@ -454,6 +455,9 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     path = Path(path).resolve()
     raw = _read_yaml(path)
     origin: dict[str, str] = {}
+    overrides = dict(overrides or {})
+    if "preset" in overrides:
+        raw["preset"] = overrides.pop("preset")
     preset = raw.get("preset")
     if preset is not None:
         if not isinstance(preset, str) or not _NAME.match(preset):
@@ -469,7 +473,7 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
                 preset_path, stray[0], f"presets may only set {list(PRESET_SECTIONS)}; set {stray} in params.yaml"
             )
         _merge(raw, overlay, origin, str(preset_path), ())
-    for dotted, value in (overrides or {}).items():
+    for dotted, value in overrides.items():
         _set_dotted(raw, dotted, value)
     try:
         params = Params.model_validate(raw)

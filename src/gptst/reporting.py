@@ -41,3 +41,28 @@ def print_outputs(root: Path) -> int:
         )
     print("MLflow UI: make ui  (http://127.0.0.1:5000)")
     return 0
+
+
+def plot_curves(curves, path: Path, title: str = "") -> Path:
+    """Render per-epoch training curves (every ``train_*`` loss column and ``val_*``) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gptst.io import atomic_path
+
+    losses = [c for c in curves.columns if c.startswith("val_") or c in ("train_loss", "train_reconstruction")]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for column in losses:
+        ax.plot(curves["epoch"], curves[column], marker="o", label=column)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MAE (raw units)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)

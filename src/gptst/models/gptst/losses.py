@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from gptst.data.scaler import StandardScaler
+from gptst.training.grad import clip_grad_norm
 from gptst.training.metrics import masked_mae
 
 
@@ -128,17 +129,6 @@ def pretrain_loss(
     return PretrainLoss(total=total, reconstruction=recon_f, kl=kl_f, kl_weight=float(kl_weight), kl_applied=apply_kl)
 
 
-def _grad_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> torch.Tensor:
-    if max_norm is not None:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.tensor(0.0)
-    # Same norm as clip_grad_norm_ (2-norm of per-tensor 2-norms) without touching the gradients.
-    norms = [torch.linalg.vector_norm(g.detach(), 2.0) for g in grads]
-    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]), 2.0)
-
-
 def clip_grad_norms(
     autoencoder_params: Iterable[torch.nn.Parameter],
     predictor_params: Iterable[torch.nn.Parameter],
@@ -154,7 +144,4 @@ def clip_grad_norms(
     shared = {id(p) for p in ae} & {id(p) for p in pred}
     if shared:
         raise ValueError(f"{len(shared)} parameters are in both groups; the groups must be disjoint")
-    for name, limit in (("max_ae", max_ae), ("max_pred", max_pred)):
-        if limit is not None and not limit > 0:
-            raise ValueError(f"{name} must be positive or None, got {limit}")
-    return _grad_norm(ae, max_ae), _grad_norm(pred, max_pred)
+    return clip_grad_norm(ae, max_ae), clip_grad_norm(pred, max_pred)

@@ -1,14 +1,13 @@
 """One pre-training step's loss: predictor labels -> adaptive mask -> masked pass -> losses.
 
-The trainer's ``step_fn`` for pre-training; kept beside the model so tests and the speed
-benchmark measure exactly what training runs.
+An ``nn.Module`` so that data-parallel training wraps it whole: the predictor pass, the mask and
+the masked pass are one forward call, as DistributedDataParallel requires.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from torch import nn
 
 from gptst.data.batch import Batch
 from gptst.data.scaler import StandardScaler
@@ -17,8 +16,7 @@ from gptst.models.gptst.masker import AdaptiveMasker
 from gptst.models.gptst.model import GPTST
 
 
-@dataclass
-class PretrainObjective:
+class PretrainObjective(nn.Module):
     """Computes the GPT-ST pre-training loss of a batch at a given epoch.
 
     Up to the change epoch E0 the mask is uniform and the predictor is not run (it has no loss
@@ -26,18 +24,28 @@ class PretrainObjective:
     trained by KL towards the first capsule block's assignment Cw1 of the same masked pass.
     """
 
-    model: GPTST
-    masker: AdaptiveMasker
-    scaler: StandardScaler
-    null_value: float | None
-    kl_weight: float
-    change_epoch: int
+    def __init__(
+        self,
+        model: GPTST,
+        masker: AdaptiveMasker,
+        scaler: StandardScaler,
+        null_value: float | None,
+        kl_weight: float,
+        change_epoch: int,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.masker = masker
+        self.scaler = scaler
+        self.null_value = null_value
+        self.kl_weight = kl_weight
+        self.change_epoch = change_epoch
 
     def uses_predictor(self, epoch: int) -> bool:
         """After E0 the predictor is trained (KL); without capsule blocks there is no Cw1 to learn."""
         return epoch > self.change_epoch and self.model.cfg.use_clusters
 
-    def __call__(self, batch: Batch, epoch: int) -> tuple[PretrainLoss, torch.Tensor]:
+    def forward(self, batch: Batch, epoch: int) -> tuple[PretrainLoss, torch.Tensor]:
         """The loss parts and the mask [B, T, N] used."""
         logits = self.model.predict_clusters(batch.x, batch.cal) if self.uses_predictor(epoch) else None
         # The random strategy (an ablation) still trains the predictor but never reads its labels.

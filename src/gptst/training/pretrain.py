@@ -1,0 +1,183 @@
+"""GPT-ST pre-training from params: data, model, masker, objective, validation and the trainer.
+
+Pre-training reads training windows only; validation windows select the checkpoint (the
+reconstruction MAE under a uniform random mask at the mask ratio, drawn from seed + 1, the same
+every epoch); test windows are never touched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptst.data.batch import WindowBatcher
+from gptst.data.scaler import StandardScaler, fit_train_scaler
+from gptst.data.series import SeriesData
+from gptst.data.windows import Splits, WindowIndex, make_splits
+from gptst.models.gptst import GPTST, GptstConfig, build_model
+from gptst.models.gptst.masker import AdaptiveMasker
+from gptst.models.gptst.objective import PretrainObjective
+from gptst.params import Params
+from gptst.training.metrics import valid_mask
+from gptst.training.trainer import Distributed, FitResult, ParamGroup, StepResult, Trainer, TrainerConfig, epoch_batches
+
+
+@dataclass
+class PretrainResult:
+    """The best model and what it took to get it."""
+
+    model: GPTST
+    scaler: StandardScaler
+    splits: Splits
+    fit: FitResult
+    val_mae: float
+    val_mae_mixed_mask: float
+    change_epoch: int
+    windows_read: dict[str, set[int]] = field(default_factory=dict)
+
+
+def zero_value(scaler: StandardScaler) -> tuple[float, ...]:
+    """The normalised value of a raw 0 per channel: the reference's mask token."""
+    return tuple(float(v) for v in scaler.transform(np.zeros((1, scaler.n_channels), dtype=np.float32)).reshape(-1))
+
+
+def reconstruction_mae(
+    model: GPTST,
+    batcher: WindowBatcher,
+    windows: WindowIndex,
+    scaler: StandardScaler,
+    null_value: float | None,
+    masker: AdaptiveMasker,
+    epoch: int,
+    batch_size: int,
+    device: str,
+    read: set[int] | None = None,
+) -> float:
+    """MAE (raw units) over the masked, non-missing cells of ``windows``, pooled over all batches.
+
+    ``masker`` decides the masks; the caller passes a freshly seeded one so every call sees the
+    same masks. With an adaptive masker the predictor's labels drive it.
+    """
+    total, count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    for lo in range(0, len(windows), batch_size):
+        starts = windows.starts[lo : lo + batch_size]
+        if read is not None:
+            read.update(int(s) for s in starts)
+        batch = batcher.gather(starts).to(device)
+        labels = None
+        if masker.strategy == "adaptive" and model.cfg.use_clusters:
+            labels = model.predict_clusters(batch.x, batch.cal).argmax(dim=-1)
+        mask = masker(labels, epoch, shape=tuple(batch.x.shape[:3]), device=batch.x.device)
+        recon = scaler.inverse_transform(model(batch.x, batch.cal, mask).recon.float())
+        cells = mask[..., None] & valid_mask(batch.x_raw, null_value)
+        total += (recon - batch.x_raw).abs()[cells].sum().double().cpu()
+        count += cells.sum().double().cpu()
+    return float(total / count) if count > 0 else math.nan
+
+
+def pretrain(
+    params: Params,
+    series: SeriesData,
+    *,
+    state_dir: Path,
+    device: str = "cpu",
+    dist: Distributed | None = None,
+    log_fn: Callable[[int, dict[str, float]], None] | None = None,
+    fingerprint: str = "",
+) -> PretrainResult:
+    """Pre-train GPT-ST on ``series`` as ``params`` say; resumes from ``state_dir`` if it can."""
+    dist = dist or Distributed()
+    pre, windows = params.pretrain, params.windows
+    splits = make_splits(len(series.timestamps), params.dataset.split, windows)
+    scaler = fit_train_scaler(series, splits.steps)
+    batcher = WindowBatcher.from_series(series, scaler, windows.t_in, windows.t_out)
+    cfg = GptstConfig.from_params(
+        pre.model,
+        num_nodes=len(series.node_ids),
+        t_in=windows.t_in,
+        channels=len(series.channels),
+        zero_value=zero_value(scaler),
+    )
+    torch.manual_seed(params.seed)
+    model = build_model(cfg)
+    # Each rank draws its own masks for its own local batch (budget and clusters per rank).
+    masker = AdaptiveMasker.from_params(pre, seed=params.seed + dist.rank, device=device)
+    objective = PretrainObjective(model, masker, scaler, series.null_value, pre.kl_weight, pre.change_epoch)
+    read: dict[str, set[int]] = {"train": set(), "val": set()}
+
+    def val_masker() -> AdaptiveMasker:
+        return AdaptiveMasker(pre.mask_ratio, strategy="random", seed=params.seed + 1, device=device)
+
+    def val_fn(module: PretrainObjective, epoch: int) -> float:
+        return reconstruction_mae(
+            module.model, batcher, splits.val, scaler, series.null_value, val_masker(), epoch,
+            pre.batch_size, device, read["val"],
+        )
+
+    def local_batches(epoch: int) -> list[np.ndarray]:
+        batches = epoch_batches(splits.train.starts, pre.batch_size, epoch, params.seed, dist.rank, dist.world)
+        return batches[: pre.max_batches_per_epoch]
+
+    def train_batches(epoch: int):
+        for starts in local_batches(epoch):
+            read["train"].update(int(s) for s in starts)
+            yield batcher.gather(starts)
+
+    def step(module: torch.nn.Module, batch, epoch: int) -> StepResult:
+        loss, mask = module(batch, epoch)
+        logs = {"reconstruction": loss.reconstruction, "adaptive_share": masker.adaptive_share(epoch)}
+        if loss.kl_applied:
+            logs["kl"] = loss.kl
+        return StepResult(loss.total, logs)
+
+    trainer = Trainer(
+        objective,
+        step,
+        [
+            ParamGroup("autoencoder", model.autoencoder_parameters(), pre.grad_clip),
+            ParamGroup("predictor", model.predictor_parameters(), pre.predictor_grad_clip),
+        ],
+        TrainerConfig(
+            epochs=pre.epochs,
+            lr=pre.lr,
+            lr_decay_epochs=pre.lr_decay_epochs,
+            lr_decay_rate=pre.lr_decay_rate,
+            weight_decay=pre.weight_decay,
+            patience=pre.patience,
+            # No early stop before E0 + 0.25 (E - E0): the curriculum always runs.
+            min_epochs=math.ceil(pre.change_epoch + 0.25 * (pre.epochs - pre.change_epoch)),
+            selection="val" if pre.selection == "val" else "train_loss",
+            amp=pre.amp,
+        ),
+        checkpoint_dir=state_dir,
+        device=device,
+        val_fn=val_fn,
+        stateful={"masker": masker},
+        fingerprint=fingerprint,
+        dist=dist,
+        log_fn=log_fn,
+    )
+    fit = trainer.fit(train_batches, steps_per_epoch=len(local_batches(1)))
+    model.eval()
+    with torch.no_grad():
+        val_mae = val_fn(objective, pre.epochs)
+        final_mask = AdaptiveMasker.from_params(pre, seed=params.seed + 1, device=device)
+        val_mixed = reconstruction_mae(
+            model, batcher, splits.val, scaler, series.null_value, final_mask, pre.epochs,
+            pre.batch_size, device, read["val"],
+        )
+    return PretrainResult(
+        model=model,
+        scaler=scaler,
+        splits=splits,
+        fit=fit,
+        val_mae=val_mae,
+        val_mae_mixed_mask=val_mixed,
+        change_epoch=pre.change_epoch,
+        windows_read=read,
+    )

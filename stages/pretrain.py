@@ -1,0 +1,124 @@
+"""DVC stage `pretrain`: GPT-ST pre-training on the training windows.
+
+Writes the encoder bundle (one self-contained file), the metrics JSON and per-epoch curves
+(DVC metrics and plots, and a PNG), logs an MLflow run with per-epoch metrics, and registers the
+bundle as a version of `gptst-encoder-<dataset>` (idempotent: keyed by the file's DVC hash).
+Resumes from --state after an interruption. Under `torchrun --nproc_per_node K` it trains
+data-parallel; rank 0 writes the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from pathlib import Path
+
+import pandas as pd
+
+from gptst.cli import run_stage
+from gptst.data.calendar import steps_per_day
+from gptst.data.series import load_series, read_series_metadata
+from gptst.device import resolve_device
+from gptst.io import atomic_path, write_json
+from gptst.models.gptst.bundle import save_encoder_bundle
+from gptst.params import load_params
+from gptst.reporting import plot_curves
+from gptst.tracking import stage_run
+from gptst.tracking.registry import md5_file, register_version
+from gptst.training.pretrain import pretrain
+from gptst.training.trainer import Distributed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--series", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path, help="encoder bundle to write (encoder.pt)")
+    parser.add_argument("--state", required=True, type=Path, help="checkpoint folder (kept for resuming)")
+    parser.add_argument("--reports", required=True, type=Path, help="folder for metrics.json, curves.csv/png")
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        params = load_params(args.params)
+        series = load_series(args.series)
+        sha = read_series_metadata(args.series).get("source_sha256", "")
+        dist = Distributed.from_env()
+        device = resolve_device(params.device)
+        if device == "cuda" and dist.world > 1:
+            device = f"cuda:{dist.local_rank}"
+        dist.init(device)
+        # The checkpoint only resumes a run of the same data and training parameters.
+        fingerprint = f"{sha}:{params.digest('pretrain', 'windows', 'seed', 'dataset')}"
+        tracking = (
+            stage_run("pretrain", params, dataset_sha256=sha, device=device, sections=("pretrain", "windows"))
+            if dist.is_main
+            else contextlib.nullcontext()
+        )
+        with tracking as run:
+            import mlflow
+
+            log_fn = (lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch)) if dist.is_main else None
+            result = pretrain(
+                params, series, state_dir=args.state, device=device, dist=dist, log_fn=log_fn, fingerprint=fingerprint
+            )
+            if not dist.is_main:
+                return
+            metrics = {
+                "dataset": params.dataset.name,
+                "preset": params.preset,
+                "seed": params.seed,
+                "best_epoch": result.fit.best_epoch,
+                "epochs_run": result.fit.epochs_run,
+                "stopped_early": result.fit.stopped_early,
+                "change_epoch": result.change_epoch,
+                "val_mae": result.val_mae,
+                "val_mae_mixed_mask": result.val_mae_mixed_mask,
+                "train_windows": len(result.splits.train),
+                "val_windows": len(result.splits.val),
+                "params": sum(p.numel() for p in result.model.parameters()),
+            }
+            save_encoder_bundle(
+                args.out,
+                result.model,
+                scaler=result.scaler,
+                node_ids=series.node_ids,
+                channels=series.channels,
+                freq=series.freq,
+                steps_per_day=steps_per_day(series.freq),
+                dataset=params.dataset.name,
+                meta={"params_hash": params.digest(), "dataset_sha256": sha, "preset": params.preset or "",
+                      "val_mae": result.val_mae, "best_epoch": result.fit.best_epoch},
+            )
+            curves = pd.DataFrame(result.fit.history).rename(columns={"val_metric": "val_mae"})
+            curves["epoch"] = curves["epoch"].astype(int)
+            args.reports.mkdir(parents=True, exist_ok=True)
+            with atomic_path(args.reports / "curves.csv") as tmp:
+                curves.to_csv(tmp, index=False)
+            plot_curves(curves, args.reports / "curves.png", title=f"GPT-ST pre-training, {params.dataset.name}")
+            write_json(args.reports / "metrics.json", metrics)
+            mlflow.log_metrics({"best_val_mae": result.val_mae, "val_mae_mixed_mask": result.val_mae_mixed_mask,
+                                "best_epoch": result.fit.best_epoch})
+            mlflow.log_artifact(str(args.out), artifact_path="encoder")
+            mlflow.log_artifact(str(args.reports / "curves.png"))
+            registered = "not registered (tracking.register_models is false)"
+            if params.tracking.register_models:
+                version = register_version(
+                    f"gptst-encoder-{params.dataset.name}",
+                    f"encoder/{args.out.name}",
+                    run_id=run.info.run_id,
+                    dvc_md5=md5_file(args.out),
+                    tags={"dataset": params.dataset.name, "dataset_sha256": sha, "preset": params.preset or "",
+                          "params_hash": params.digest(), "git_commit": run.data.tags.get("git_commit", "")},
+                )
+                state = "registered as" if version.created else "already registered as"
+                registered = f"{state} {version.name} version {version.version}"
+        print(
+            f"pretrain: best epoch {result.fit.best_epoch}/{params.pretrain.epochs}, val MAE {result.val_mae:.3f} "
+            f"(mixed mask {result.val_mae_mixed_mask:.3f}); {args.out} {registered} (MLflow run {run.info.run_id})"
+        )
+
+    return run_stage(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

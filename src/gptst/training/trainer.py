@@ -197,6 +197,10 @@ class Trainer:
         history: list[dict[str, float]] = state["history"]
         stopped = False
         epoch = state["epoch"]
+        if self.log_fn is not None and self.dist.is_main:
+            # A resumed run's tracking shows the whole curve, not only the epochs it adds.
+            for row in history:
+                self.log_fn(int(row["epoch"]), _finite(row))
         for epoch in range(start, cfg.epochs + 1):
             started = time.perf_counter()
             train_logs = self._train_epoch(train_batches(epoch), epoch, steps_per_epoch)
@@ -356,7 +360,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         if self.log_fn is not None:
-            self.log_fn(epoch, {k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)})
+            self.log_fn(epoch, _finite(row))
         done = [r["seconds"] for r in [row]]
         eta = (self.config.epochs - epoch) * float(np.mean(done))
         parts = [f"{k.removeprefix('train_')} {v:.4g}" for k, v in row.items() if k.startswith("train_") and "grad" not in k]
@@ -370,6 +374,10 @@ class Trainer:
     def _say(self, message: str) -> None:
         if self.dist.is_main:
             print(message, flush=True)
+
+
+def _finite(row: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)}
 
 
 def _amp_dtype(config: TrainerConfig, device: str) -> torch.dtype | None:

@@ -1,0 +1,182 @@
+"""The trainer: sharded epoch order, selection and early stopping, checkpoints, LR decay,
+the autocast path, and quiet logs outside a terminal. Real METR-LA windows feed a small
+forecaster where a model is needed."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gptst.data.batch import WindowBatcher
+from gptst.data.scaler import fit_train_scaler
+from gptst.data.windows import make_splits
+from gptst.params import SplitRatios, WindowParams
+from gptst.training import masked_mae
+from gptst.training.trainer import (
+    BEST_WEIGHTS,
+    CHECKPOINT,
+    ParamGroup,
+    StepResult,
+    Trainer,
+    TrainerConfig,
+    epoch_batches,
+)
+
+
+# --------------------------------------------------------------------------- epoch order
+def test_every_rank_gets_a_disjoint_shard_of_the_same_permutation():
+    starts = np.arange(100, 203)  # 103 windows
+    shards = [epoch_batches(starts, 8, epoch=3, seed=0, rank=r, world=3) for r in range(3)]
+    assert len({len(s) for s in shards}) == 1  # same number of steps on every rank
+    seen = np.concatenate([b for shard in shards for b in shard])
+    assert len(seen) == len(set(seen.tolist())) == 103  # the short last batch is split, not dropped
+    assert set(seen.tolist()) == set(starts.tolist())
+    for step in range(len(shards[0]) - 1):
+        assert all(len(shard[step]) == 8 for shard in shards)  # full local batches
+
+
+def test_the_order_depends_on_seed_and_epoch_only():
+    starts = np.arange(50)
+    first = epoch_batches(starts, 8, epoch=1, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(first, epoch_batches(starts, 8, epoch=1, seed=0), strict=True))
+    assert not np.array_equal(first[0], epoch_batches(starts, 8, epoch=2, seed=0)[0])
+    assert not np.array_equal(first[0], epoch_batches(starts, 8, epoch=1, seed=1)[0])
+
+
+def test_a_last_global_batch_smaller_than_the_world_is_dropped():
+    shards = [epoch_batches(np.arange(17), 8, epoch=1, seed=0, rank=r, world=2) for r in range(2)]
+    assert [len(s) for s in shards] == [1, 1]  # 16 windows in one global batch; 1 left for 2 ranks
+
+
+# --------------------------------------------------------------------------- the fit loop
+class Forecaster(nn.Module):
+    """A linear map over time per node: x [B, T_in, N, C] -> [B, T_out, N, C] (normalised)."""
+
+    def __init__(self, t_in: int, t_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(t_in, t_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.transpose(1, 3)).transpose(1, 3)
+
+
+@pytest.fixture(scope="module")
+def data(week):
+    splits = make_splits(len(week.timestamps), SplitRatios(), WindowParams(t_in=12, t_out=3))
+    scaler = fit_train_scaler(week, splits.steps)
+    return splits, scaler, WindowBatcher.from_series(week, scaler, 12, 3)
+
+
+def make_trainer(data, tmp_path: Path, val_script=None, **config) -> tuple[Trainer, Forecaster]:
+    splits, scaler, batcher = data
+    torch.manual_seed(0)
+    model = Forecaster(12, 3)
+
+    def step(module, batch, epoch):
+        pred = scaler.inverse_transform(module(batch.x))
+        return StepResult(masked_mae(pred, batch.y, 0.0))
+
+    def val_fn(module, epoch):
+        if val_script is not None:
+            return val_script[epoch - 1]
+        batch = batcher.gather(splits.val.starts[:64])
+        return float(masked_mae(scaler.inverse_transform(module(batch.x)), batch.y, 0.0))
+
+    cfg = TrainerConfig(**{"epochs": 4, "lr": 0.01, "patience": 10, **config})
+    trainer = Trainer(
+        model, step, [ParamGroup("all", list(model.parameters()), 5.0)], cfg,
+        checkpoint_dir=tmp_path, val_fn=val_fn if cfg.selection == "val" else None,
+    )
+    return trainer, model
+
+
+def batches(data, n: int = 4):
+    splits, _, batcher = data
+    return lambda epoch: (batcher.gather(s) for s in epoch_batches(splits.train.starts, 32, epoch, 0)[:n])
+
+
+def test_training_lowers_the_validation_error_and_keeps_the_best_epoch(data, tmp_path):
+    trainer, model = make_trainer(data, tmp_path, epochs=5)
+    result = trainer.fit(batches(data))
+    vals = [row["val_metric"] for row in result.history]
+    assert vals[-1] < vals[0]
+    assert result.best_metric == min(vals) and result.best_epoch == 1 + vals.index(min(vals))
+    best = torch.load(tmp_path / BEST_WEIGHTS, weights_only=True)
+    assert all(torch.equal(best[k], v) for k, v in model.state_dict().items())  # best weights restored
+
+
+def test_early_stopping_waits_for_patience_and_never_stops_before_min_epochs(data, tmp_path):
+    script = [5.0, 4.0, 4.5, 4.6, 4.7, 4.8, 4.9, 5.0]
+    trainer, _ = make_trainer(data, tmp_path / "a", val_script=script, epochs=8, patience=2)
+    result = trainer.fit(batches(data, 1))
+    assert (result.stopped_early, result.epochs_run, result.best_epoch) == (True, 4, 2)
+
+    trainer, _ = make_trainer(data, tmp_path / "b", val_script=script, epochs=8, patience=2, min_epochs=6)
+    result = trainer.fit(batches(data, 1))
+    assert (result.stopped_early, result.epochs_run) == (True, 6)
+
+
+def test_selection_on_training_loss_needs_no_validation(data, tmp_path):
+    trainer, _ = make_trainer(data, tmp_path, selection="train_loss", epochs=2)
+    result = trainer.fit(batches(data, 2))
+    assert "val_metric" not in result.history[0]
+    assert result.best_metric == min(r["train_loss"] for r in result.history)
+
+
+def test_every_epoch_leaves_a_complete_checkpoint(data, tmp_path):
+    trainer, model = make_trainer(data, tmp_path, epochs=3, lr_decay_epochs=[2], lr_decay_rate=0.1)
+    result = trainer.fit(batches(data, 2))
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 3 and len(state["history"]) == 3
+    assert {"model", "optimizer", "scheduler", "grad_scaler", "best_metric", "bad_epochs"} <= set(state)
+    assert (tmp_path / "rank0.pt").is_file() and not list(tmp_path.glob(".*.tmp"))
+    assert [round(r["lr"], 6) for r in result.history] == [0.01, 0.001, 0.001]  # x0.1 after epoch 2
+
+
+def test_a_finished_run_resumes_to_the_end_without_training_again(data, tmp_path):
+    trainer, model = make_trainer(data, tmp_path, epochs=2)
+    trainer.fit(batches(data, 2))
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    again, model2 = make_trainer(data, tmp_path, epochs=2)
+    result = again.fit(batches(data, 2))
+    assert result.resumed_from == 2 and len(result.history) == 2
+    assert all(torch.equal(weights[k], v) for k, v in model2.state_dict().items())
+
+
+def test_a_checkpoint_of_another_configuration_is_not_resumed(data, tmp_path, capsys):
+    trainer, _ = make_trainer(data, tmp_path, epochs=2)
+    trainer.fingerprint = "run-a"
+    trainer.fit(batches(data, 1))
+    other, _ = make_trainer(data, tmp_path, epochs=2)
+    other.fingerprint = "run-b"
+    assert other.fit(batches(data, 1)).resumed_from == 0
+    assert "belongs to another configuration" in capsys.readouterr().out
+
+
+def test_the_autocast_path_runs_on_cpu_in_bfloat16(data, tmp_path):
+    seen = []
+    trainer, model = make_trainer(data, tmp_path, epochs=1, amp=True, amp_dtype="bfloat16")
+    inner = trainer.step_fn
+
+    def spy(module, batch, epoch):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return inner(module, batch, epoch)
+
+    trainer.step_fn = spy
+    result = trainer.fit(batches(data, 2))
+    assert seen and all(s == (True, torch.bfloat16) for s in seen)
+    assert math.isfinite(result.history[0]["train_loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_logs_stay_quiet_outside_a_terminal(data, tmp_path, capsys):
+    trainer, _ = make_trainer(data, tmp_path, epochs=2)
+    trainer.fit(batches(data, 2))
+    out, err = capsys.readouterr()
+    assert "it/s" not in err and "\r" not in err  # no progress bar in CI logs
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("epoch")] == ["1/2", "2/2"]

@@ -134,8 +134,9 @@ def test_every_epoch_leaves_a_complete_checkpoint(data, tmp_path):
     state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert state["epoch"] == 3 and len(state["history"]) == 3
     assert {"model", "optimizer", "scheduler", "grad_scaler", "best_metric", "bad_epochs"} <= set(state)
-    assert (tmp_path / "rank0.pt").is_file() and not list(tmp_path.glob(".*.tmp"))
-    assert [round(r["lr"], 6) for r in result.history] == [0.01, 0.001, 0.001]  # x0.1 after epoch 2
+    assert [p.name for p in tmp_path.glob("rank0.*")] == ["rank0.epoch3.pt"]  # older rank states removed
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert [round(r["lr"], 6) for r in result.history] == [0.01, 0.01, 0.001]  # the rate each epoch trained with
 
 
 def test_a_finished_run_resumes_to_the_end_without_training_again(data, tmp_path):

@@ -99,6 +99,8 @@ class Distributed:
         """Join the process group (NCCL on CUDA, gloo on CPU) when there is more than one rank."""
         if self.world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if device.startswith("cuda") else "gloo"
+            if backend == "nccl":
+                torch.cuda.set_device(self.local_rank)  # barriers and object collectives use the current device
             torch.distributed.init_process_group(backend=backend, rank=self.rank, world_size=self.world)
 
 
@@ -203,10 +205,10 @@ class Trainer:
                 self.log_fn(int(row["epoch"]), _finite(row))
         for epoch in range(start, cfg.epochs + 1):
             started = time.perf_counter()
-            train_logs = self._train_epoch(train_batches(epoch), epoch, steps_per_epoch)
-            self.scheduler.step()
+            train_logs = self._mean_over_ranks(self._train_epoch(train_batches(epoch), epoch, steps_per_epoch))
             row = {"epoch": float(epoch), **{f"train_{k}": v for k, v in train_logs.items()}}
-            row["lr"] = self.optimizer.param_groups[0]["lr"]
+            row["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
+            self.scheduler.step()
             if self.val_fn is not None:
                 self.model.eval()
                 with torch.no_grad(), self._autocast():
@@ -266,6 +268,18 @@ class Trainer:
             raise RuntimeError(f"epoch {epoch} had no training batch")
         return {k: sums[k] / counts[k] for k in sums}
 
+    def _mean_over_ranks(self, logs: dict[str, float]) -> dict[str, float]:
+        """The epoch's logs averaged over ranks (every rank runs the same number of steps), so
+        every rank sees the same train loss: selection "train_loss" then makes the same
+        best-epoch and early-stopping decisions everywhere (a rank stopping alone would hang the
+        others in their next all-reduce)."""
+        if self.dist.world == 1 or not torch.distributed.is_initialized():
+            return logs
+        gathered: list[dict[str, float] | None] = [None] * self.dist.world
+        torch.distributed.all_gather_object(gathered, logs)
+        keys = list(dict.fromkeys(k for g in gathered if g for k in g))  # rank 0's order, the same on every rank
+        return {k: float(np.mean([g[k] for g in gathered if g and k in g])) for k in keys}
+
     def _autocast(self) -> Any:
         if self.amp_dtype is None:
             return torch.autocast(device_type=self.device.split(":")[0], enabled=False)
@@ -275,8 +289,8 @@ class Trainer:
     def _state_path(self, name: str) -> Path:
         return self.checkpoint_dir / name
 
-    def _rank_state_path(self) -> Path:
-        return self.checkpoint_dir / f"rank{self.dist.rank}.pt"
+    def _rank_state_path(self, epoch: int) -> Path:
+        return self.checkpoint_dir / f"rank{self.dist.rank}.epoch{epoch}.pt"
 
     def _save_checkpoint(self, epoch: int, best: float, best_epoch: int, bad: int, history: list) -> None:
         # Each rank keeps its own RNG and helper states (the masker is seeded per rank).
@@ -286,7 +300,9 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "stateful": {name: obj.state_dict() for name, obj in self.stateful.items()},
         }
-        _atomic_save(rank_state, self._rank_state_path())
+        # Written before last.pt and named by epoch: a kill between the two writes leaves the
+        # previous epoch's pair intact, and older rank states go only once last.pt is replaced.
+        _atomic_save(rank_state, self._rank_state_path(epoch))
         if self.dist.is_main:
             _atomic_save(
                 {
@@ -305,6 +321,9 @@ class Trainer:
                 self._state_path(CHECKPOINT),
             )
         self._barrier()
+        for old in self.checkpoint_dir.glob(f"rank{self.dist.rank}.epoch*.pt"):
+            if old != self._rank_state_path(epoch):
+                old.unlink(missing_ok=True)
 
     def _save_best(self) -> None:
         if self.dist.is_main:
@@ -318,13 +337,16 @@ class Trainer:
     def _resume(self) -> dict[str, Any]:
         fresh = {"epoch": 0, "best_metric": math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
         path = self._state_path(CHECKPOINT)
+        if self.dist.is_main:
+            for stale in self.checkpoint_dir.glob(".*.tmp"):  # left by a kill during a save
+                stale.unlink(missing_ok=True)
         if not path.is_file():
             return fresh
         state = torch.load(path, map_location=self.device, weights_only=True)
         if state.get("fingerprint") != self.fingerprint or state.get("world") != self.dist.world:
             self._say(f"checkpoint {path} belongs to another configuration: starting afresh")
             return fresh
-        rank_path = self._rank_state_path()
+        rank_path = self._rank_state_path(state["epoch"])
         rank_state = torch.load(rank_path, map_location="cpu", weights_only=True) if rank_path.is_file() else None
         if rank_state is None or rank_state["epoch"] != state["epoch"]:
             self._say(f"checkpoint {path} has no matching state for rank {self.dist.rank}: starting afresh")

@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                 meta={"params_hash": params.digest(), "dataset_sha256": sha, "preset": params.preset or "",
                       "val_mae": result.val_mae, "best_epoch": result.fit.best_epoch},
             )
-            curves = pd.DataFrame(result.fit.history).rename(columns={"val_metric": "val_mae"})
+            # Without wall-clock seconds the curves are deterministic (git-tracked; timings go to MLflow).
+            curves = pd.DataFrame(result.fit.history).drop(columns="seconds").rename(columns={"val_metric": "val_mae"})
             curves["epoch"] = curves["epoch"].astype(int)
             args.reports.mkdir(parents=True, exist_ok=True)
             with atomic_path(args.reports / "curves.csv") as tmp:

@@ -1,0 +1,106 @@
+"""The checks BASELINES.md asks of every baseline, on real data, shared by the baseline tests.
+
+- forward and backward on real METR-LA windows: output shape, finite values, and a non-zero
+  gradient for every parameter (no dead weights);
+- overfitting 8 fixed windows: the training loss (masked MAE on de-normalised predictions)
+  falls below 30% of its initial value within 300 steps;
+- the parameter count at the reference configuration (PEMS08 graph, N = 170, 12 -> 12 steps,
+  input dim 64 for `gptst`, 1 for `plain`) within 10% of the GPT-ST repository's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from gptst.data.scaler import StandardScaler
+from gptst.data.series import SeriesData
+from gptst.graph import GraphBundle, build_adjacency
+from gptst.models.baselines import build_baseline, parameter_count
+from gptst.params import GraphParams
+from gptst.training import masked_mae
+
+from .conftest import TEST_DATA, WEEK_DIR
+
+# (input dim 64: the `gptst` variant, input dim 1: `plain`), GPT-ST repo, PEMS08 N = 170.
+REFERENCE_PARAMETERS = {
+    "stgcn": (277_697, 263_521),
+    "gwn": (277_876, 275_860),
+    "mtgnn": (430_140, 351_516),
+    "astgcn": (207_176, 179_456),
+    "tgcn": (50_712, 31_812),
+}
+
+
+def week_graph(week: SeriesData, nodes: int | None = None) -> GraphBundle:
+    """The week's real DCRNN graph, in series order, optionally its first ``nodes`` nodes."""
+    adj, ids = build_adjacency(WEEK_DIR / "adj_mx.pkl", week.node_ids, GraphParams())
+    n = nodes or len(ids)
+    return GraphBundle(adj=adj[:n, :n], node_ids=ids[:n])
+
+
+def pems08_graph() -> GraphBundle:
+    """The real PEMS08 road graph (170 nodes, 0/1 connectivity) of the reference configuration."""
+    ids = [str(i) for i in range(170)]
+    adj, ids = build_adjacency(TEST_DATA / "pems08" / "PEMS08.csv", ids, GraphParams(weighting="binary"))
+    return GraphBundle(adj=adj, node_ids=ids)
+
+
+def week_windows(
+    week: SeriesData, *, windows: int = 8, t_in: int = 12, t_out: int = 12, nodes: int | None = None, first: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, StandardScaler]:
+    """``windows`` consecutive real windows: x normalised [W, t_in, n, 1], y raw [W, t_out, n, 1]."""
+    n = nodes or len(week.node_ids)
+    values = week.values[:, :n]
+    scaler = StandardScaler.fit(values[: int(0.7 * len(values))], null_value=week.null_value)
+    starts = first + np.arange(windows) * 6  # spread over half an hour each
+    x = np.stack([values[s : s + t_in] for s in starts])
+    y = np.stack([values[s + t_in : s + t_in + t_out] for s in starts])
+    return torch.from_numpy(scaler.transform(x)).float(), torch.from_numpy(y).float(), scaler
+
+
+def assert_forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scaler: StandardScaler) -> None:
+    """Output [B, T_out, N, C], finite, and every parameter gets a non-zero gradient."""
+    model.train()
+    out = model(x)
+    assert out.shape == y.shape, f"output {tuple(out.shape)} != target {tuple(y.shape)}"
+    assert torch.isfinite(out).all()
+    masked_mae(scaler.inverse_transform(out), y, 0.0).backward()
+    dead = [name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert dead == [], f"parameters without gradient: {dead}"
+
+
+def assert_overfits(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, scaler: StandardScaler, *, lr: float = 0.003,
+    steps: int = 300, target: float = 0.3,
+) -> int:
+    """Adam on the fixed windows until the loss is below ``target`` x its initial value; returns the steps."""
+    torch.manual_seed(0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    initial = None
+    for step in range(1, steps + 1):
+        optimiser.zero_grad()
+        loss = masked_mae(scaler.inverse_transform(model(x)), y, 0.0)
+        if initial is None:
+            initial = float(loss)
+        elif float(loss) < target * initial:
+            return step
+        loss.backward()
+        optimiser.step()
+    raise AssertionError(f"loss {float(loss):.3f} still above {target} x initial {initial:.3f} after {steps} steps")
+
+
+def assert_reference_parameter_count(name: str, params=None, tolerance: float = 0.10) -> tuple[int, int]:
+    """Parameter counts at the reference configuration within ``tolerance`` of the GPT-ST repo's."""
+    graph = pems08_graph()
+    counts = []
+    for in_dim, expected in zip((64, 1), REFERENCE_PARAMETERS[name], strict=True):
+        model = build_baseline(
+            name, num_nodes=170, in_dim=in_dim, out_dim=1, in_steps=12, out_steps=12, graph=graph, params=params
+        )
+        count = parameter_count(model)
+        assert abs(count - expected) <= tolerance * expected, f"{name} in_dim {in_dim}: {count} vs reference {expected}"
+        counts.append(count)
+    return counts[0], counts[1]

@@ -61,7 +61,7 @@ def test_params_yaml_spells_out_every_key_so_dvc_can_depend_on_it():
 
 def test_every_preset_only_sets_training_sections_and_reaches_the_adaptive_phase(project: Path):
     for preset in sorted((project / "presets").glob("*.yaml")):
-        assert set(yaml.safe_load(preset.read_text())) <= set(PRESET_SECTIONS), preset.name
+        assert set(yaml.safe_load(preset.read_text())) == set(PRESET_SECTIONS), preset.name
         params = load_params(edit(project, lambda raw, name=preset.stem: raw.update(preset=name)))
         assert params.preset == preset.stem
         assert 0 < params.pretrain.change_epoch < params.pretrain.epochs, preset.name
@@ -99,14 +99,14 @@ def test_all_problems_are_reported_at_once(project: Path):
 
 
 def test_a_bad_value_set_by_the_preset_names_the_preset_file(project: Path):
-    (project / "presets" / "cpu.yaml").write_text("pretrain:\n  epochs: -3\n")
+    (project / "presets" / "cpu.yaml").write_text("pretrain:\n  epochs: -3\nfinetune: {}\nbaselines: {}\n")
     with pytest.raises(InputError) as err:
         load_params(project / "params.yaml")
     assert "presets/cpu.yaml" in str(err.value) and "pretrain.epochs" in str(err.value)
 
 
 def test_a_preset_may_not_change_the_data_sections(project: Path):
-    (project / "presets" / "cpu.yaml").write_text("dataset:\n  name: other\n")
+    (project / "presets" / "cpu.yaml").write_text("dataset:\n  name: other\npretrain: {}\nfinetune: {}\nbaselines: {}\n")
     with pytest.raises(InputError, match="presets may only set"):
         load_params(project / "params.yaml")
 
@@ -157,3 +157,12 @@ def test_overriding_the_preset_selects_its_overlay():
     tiny = load_params(REPO_ROOT / "params.yaml", overrides={"preset": "tiny"})
     assert tiny.preset == "tiny"
     assert tiny.pretrain.epochs == yaml.safe_load((REPO_ROOT / "presets" / "tiny.yaml").read_text())["pretrain"]["epochs"]
+
+
+def test_a_preset_sets_every_tracked_section_and_never_the_list_of_baselines(project: Path):
+    (project / "presets" / "cpu.yaml").write_text("pretrain: {epochs: 2}\nfinetune: {}\n")
+    with pytest.raises(InputError, match=r"baselines: every preset sets"):
+        load_params(project / "params.yaml")
+    (project / "presets" / "cpu.yaml").write_text("pretrain: {}\nfinetune: {baselines: [gwn]}\nbaselines: {}\n")
+    with pytest.raises(InputError, match=r"finetune.baselines: the list of baselines belongs in params.yaml"):
+        load_params(project / "params.yaml")

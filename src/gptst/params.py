@@ -237,7 +237,6 @@ class FinetuneCommon(OptimParams):
 
 class FinetuneParams(_Section):
     baselines: list[str] = list(DEFAULT_BASELINES)
-    variants: list[Literal["plain", "calendar", "gptst", "gptst_random"]] = list(VARIANTS)
     common: FinetuneCommon = FinetuneCommon()
     encoder_cache_max_gb: float = Field(2.0, ge=0)
 
@@ -472,6 +471,13 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
             raise InputError(
                 preset_path, stray[0], f"presets may only set {list(PRESET_SECTIONS)}; set {stray} in params.yaml"
             )
+        # dvc.yaml tracks these preset sections as params: each must exist (use {} for none).
+        absent = [s for s in PRESET_SECTIONS if not isinstance(overlay.get(s), dict)]
+        if absent:
+            raise InputError(preset_path, absent[0], f"every preset sets {list(PRESET_SECTIONS)} (use {{}} for none)")
+        # The DVC matrix of finetune items is read from params.yaml alone.
+        if "baselines" in overlay["finetune"]:
+            raise InputError(preset_path, "finetune.baselines", "the list of baselines belongs in params.yaml")
         _merge(raw, overlay, origin, str(preset_path), ())
     for dotted, value in overrides.items():
         _set_dotted(raw, dotted, value)

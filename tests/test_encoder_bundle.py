@@ -296,8 +296,8 @@ def _save(path: Path, obj) -> Path:
 
 
 BAD = {
-    "text file": (lambda v, p: _write(p, b"node,speed\n1,60\n"), None, "not an encoder bundle"),
-    "empty file": (lambda v, p: _write(p, b""), None, "not an encoder bundle"),
+    "text file": (lambda v, p: _write(p, b"node,speed\n1,60\n"), None, "not a gptst-encoder/1 bundle"),
+    "empty file": (lambda v, p: _write(p, b""), None, "not a gptst-encoder/1 bundle"),
     "a list": (lambda v, p: _save(p, [1, 2]), None, "not a gptst-encoder/1 dict"),
     "wrong format": (lambda v, p: _rewrite(v, p, lambda d: d.update(format="gptst-encoder/0")), "format", "expected"),
     "missing scaler": (lambda v, p: _rewrite(v, p, lambda d: d.pop("scaler")), "scaler", "missing"),

@@ -1,0 +1,203 @@
+"""MTGNN (Wu et al., KDD 2020, "Connecting the Dots"), in the GPT-ST configuration.
+
+The model learns its own graph: two node-embedding tables give a uni-directional score
+``relu(tanh(a (M1 M2^T - M2 M1^T)))`` of which each row keeps its ``subgraph_size`` largest
+entries. ``layers`` blocks each apply a gated dilated-inception temporal convolution (parallel
+kernels 2, 3, 6, 7) and a mix-hop propagation over the learned graph in both directions,
+followed by a residual connection and a layer norm over (channels, nodes, time). Skip
+connections from the input and every block are summed, and two 1x1 convolutions map them to
+``out_steps x out_dim`` channels.
+
+GPT-ST runs MTGNN with the learned graph only (``buildA_true``), so the predefined road graph is
+not used; inputs shorter than the receptive field are left-padded with zeros, as the reference
+does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptst.graph import GraphBundle
+from gptst.models.baselines.registry import register_baseline
+from gptst.params import MtgnnParams
+
+# The inception branches of the paper; the widest kernel sets how much each layer shortens time.
+KERNEL_SET = (2, 3, 6, 7)
+
+
+class DilatedInception(nn.Module):
+    """Parallel dilated temporal convolutions, one per kernel in ``KERNEL_SET``, concatenated.
+
+    Each branch has ``out_channels / len(KERNEL_SET)`` channels; the branches are cropped to the
+    shortest output (the widest kernel's), keeping its most recent steps.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, dilation: int) -> None:
+        super().__init__()
+        if out_channels % len(KERNEL_SET):
+            raise ValueError(f"conv_channels {out_channels} must be a multiple of {len(KERNEL_SET)} (inception branches)")
+        branch_channels = out_channels // len(KERNEL_SET)
+        self.branches = nn.ModuleList(
+            nn.Conv2d(in_channels, branch_channels, (1, kernel), dilation=(1, dilation)) for kernel in KERNEL_SET
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = [branch(x) for branch in self.branches]
+        steps = min(out.shape[-1] for out in outputs)
+        return torch.cat([out[..., -steps:] for out in outputs], dim=1)
+
+
+class MixHopPropagation(nn.Module):
+    """``depth`` propagation steps ``h <- beta x + (1 - beta) A h``; all hops (0..depth) are
+    concatenated and a 1x1 convolution selects from them (the paper's information selection)."""
+
+    def __init__(self, in_channels: int, out_channels: int, depth: int, retain: float) -> None:
+        super().__init__()
+        self.depth = depth
+        self.retain = retain
+        self.select = nn.Conv2d((depth + 1) * in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, transition: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, C, N, T], ``transition`` [N, N] row-stochastic (row v aggregates into node v)."""
+        hops = [x]
+        h = x
+        for _ in range(self.depth):
+            # Retaining a share of the input at every hop keeps deep propagation from
+            # over-smoothing every node towards the same value.
+            h = self.retain * x + (1.0 - self.retain) * torch.einsum("vw,bcwt->bcvt", transition, h)
+            hops.append(h)
+        return self.select(torch.cat(hops, dim=1))
+
+
+class GraphLearner(nn.Module):
+    """MTGNN's graph-learning layer: a uni-directional, non-negative, top-k sparse [N, N] graph."""
+
+    def __init__(self, num_nodes: int, node_dim: int, top_k: int, saturation: float) -> None:
+        super().__init__()
+        # N(0, 1) node vectors, the initialisation of the reference's nn.Embedding tables.
+        self.source_nodes = nn.Parameter(torch.randn(num_nodes, node_dim))
+        self.target_nodes = nn.Parameter(torch.randn(num_nodes, node_dim))
+        self.source_linear = nn.Linear(node_dim, node_dim)
+        self.target_linear = nn.Linear(node_dim, node_dim)
+        self.top_k = min(top_k, num_nodes)
+        self.saturation = saturation
+
+    def dense(self) -> torch.Tensor:
+        """The graph before sparsification: ``relu(tanh(a (M1 M2^T - M2 M1^T)))``."""
+        m1 = torch.tanh(self.saturation * self.source_linear(self.source_nodes))
+        m2 = torch.tanh(self.saturation * self.target_linear(self.target_nodes))
+        # Antisymmetric scores: after the relu at most one of A_ij, A_ji is positive, so the
+        # learned relations are one-way (the paper's uni-directional graph).
+        scores = m1 @ m2.T - m2 @ m1.T
+        return F.relu(torch.tanh(self.saturation * scores))
+
+    def forward(self) -> torch.Tensor:
+        adj = self.dense()
+        # No random tie-breaking noise (the original code adds some): GPT-ST's port omits it and
+        # it would make eval-mode outputs non-deterministic.
+        keep = adj.detach().topk(self.top_k, dim=1).indices
+        mask = torch.zeros_like(adj).scatter_(1, keep, 1.0)
+        return adj * mask
+
+
+def _transition(adj: torch.Tensor) -> torch.Tensor:
+    """Row-normalised ``A + I``. In torch rather than ``gptst.graph.random_walk`` (numpy): the
+    learned graph changes every step and its gradient must flow through the normalisation."""
+    with_loops = adj + torch.eye(adj.shape[0], dtype=adj.dtype, device=adj.device)
+    return with_loops / with_loops.sum(dim=1, keepdim=True)
+
+
+@register_baseline("mtgnn")
+class MTGNN(nn.Module):
+    """MTGNN: learned top-k graph, gated dilated-inception TCN and mix-hop propagation.
+
+    Maps ``x`` [B, in_steps, N, in_dim] to [B, out_steps, N, out_dim]. Inputs shorter than the
+    receptive field (19 steps at the defaults) are left-padded with zeros.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_nodes: int,
+        in_dim: int,
+        out_dim: int,
+        in_steps: int,
+        out_steps: int,
+        graph: GraphBundle,
+        params: MtgnnParams,
+    ) -> None:
+        super().__init__()
+        if graph.num_nodes != num_nodes:
+            raise ValueError(f"graph has {graph.num_nodes} nodes, the model {num_nodes}")
+        if params.layers < 1 or params.dilation_exponential < 1 or params.gcn_depth < 0:
+            raise ValueError("mtgnn needs layers >= 1, dilation_exponential >= 1 and gcn_depth >= 0")
+        self.num_nodes = num_nodes
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+        self.in_steps = in_steps
+        self.out_steps = out_steps
+        self.dropout = params.dropout
+
+        shrink = max(KERNEL_SET) - 1
+        dilations = [params.dilation_exponential**layer for layer in range(params.layers)]
+        self.receptive_field = 1 + shrink * sum(dilations)
+        self.padded_steps = max(in_steps, self.receptive_field)
+        # Steps left after each layer: every layer shortens time by (widest kernel - 1) x dilation.
+        lengths = []
+        steps = self.padded_steps
+        for dilation in dilations:
+            steps -= shrink * dilation
+            lengths.append(steps)
+
+        residual, conv, skip = params.residual_channels, params.conv_channels, params.skip_channels
+        self.graph_learner = GraphLearner(num_nodes, params.node_dim, params.subgraph_size, params.tanh_alpha)
+        self.start_conv = nn.Conv2d(in_dim, residual, kernel_size=1)
+        # Skip convolutions span each layer's whole remaining time axis, so every skip term is
+        # one step long and they can be summed.
+        self.input_skip = nn.Conv2d(in_dim, skip, kernel_size=(1, self.padded_steps))
+        self.filter_convs = nn.ModuleList(DilatedInception(residual, conv, d) for d in dilations)
+        self.gate_convs = nn.ModuleList(DilatedInception(residual, conv, d) for d in dilations)
+        self.skip_convs = nn.ModuleList(nn.Conv2d(conv, skip, kernel_size=(1, n)) for n in lengths)
+        self.forward_props = nn.ModuleList(
+            MixHopPropagation(conv, residual, params.gcn_depth, params.prop_alpha) for _ in dilations
+        )
+        self.backward_props = nn.ModuleList(
+            MixHopPropagation(conv, residual, params.gcn_depth, params.prop_alpha) for _ in dilations
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm((residual, num_nodes, n)) for n in lengths)
+        self.output_skip = nn.Conv2d(residual, skip, kernel_size=(1, lengths[-1]))
+        self.end_conv_1 = nn.Conv2d(skip, params.end_channels, kernel_size=1)
+        self.end_conv_2 = nn.Conv2d(params.end_channels, out_steps * out_dim, kernel_size=1)
+
+    def learned_adjacency(self) -> torch.Tensor:
+        """The current learned graph [N, N] (top-k sparse per row)."""
+        return self.graph_learner()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, steps, nodes, channels = x.shape
+        if (steps, nodes, channels) != (self.in_steps, self.num_nodes, self.in_dim):
+            raise ValueError(
+                f"expected x [B, {self.in_steps}, {self.num_nodes}, {self.in_dim}], got {tuple(x.shape)}"
+            )
+        h = x.permute(0, 3, 2, 1)  # [B, C, N, T]: time is the convolution's width axis
+        if steps < self.padded_steps:
+            h = F.pad(h, (self.padded_steps - steps, 0))
+
+        adj = self.graph_learner()
+        forward_transition, backward_transition = _transition(adj), _transition(adj.T)
+
+        skip = self.input_skip(F.dropout(h, self.dropout, self.training))
+        h = self.start_conv(h)
+        for layer in range(len(self.norms)):
+            residual = h
+            h = torch.tanh(self.filter_convs[layer](h)) * torch.sigmoid(self.gate_convs[layer](h))
+            h = F.dropout(h, self.dropout, self.training)
+            skip = skip + self.skip_convs[layer](h)
+            h = self.forward_props[layer](h, forward_transition) + self.backward_props[layer](h, backward_transition)
+            h = self.norms[layer](h + residual[..., -h.shape[-1] :])
+
+        skip = skip + self.output_skip(h)
+        out = self.end_conv_2(F.relu(self.end_conv_1(F.relu(skip))))  # [B, out_steps * out_dim, N, 1]
+        return out.reshape(batch, self.out_steps, self.out_dim, nodes).transpose(2, 3)

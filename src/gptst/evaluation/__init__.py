@@ -1,0 +1,1 @@
+"""Evaluation: test forecasts on disk, comparison tables, bootstrap intervals, breakdowns, figures."""

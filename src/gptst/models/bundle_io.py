@@ -28,17 +28,29 @@ from gptst.io import atomic_path
 MODELS_SCHEME = "models:/"
 
 
-def write_bundle(path: str | Path, fmt: str, state_dict: Mapping[str, torch.Tensor], plain: dict[str, Any]) -> Path:
-    """Write ``{"format": fmt, "state_dict": ..., **plain}`` to ``path`` atomically and deterministically."""
+def write_bundle(
+    path: str | Path,
+    fmt: str,
+    state_dict: Mapping[str, torch.Tensor],
+    plain: dict[str, Any],
+    tensors: Mapping[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``{"format": fmt, "state_dict": ..., **plain}`` (plus ``"tensors"``: named arrays
+    that are not weights, such as a graph) to ``path`` atomically and deterministically."""
     plain = json.loads(json.dumps(plain, sort_keys=True))
-    # Own compact CPU storages: a view would drag its whole base storage along, and a CUDA
-    # tensor would need CUDA (or map_location) to load.
-    state = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format) for k, v in state_dict.items()}
-    payload = {"format": fmt, "state_dict": state, **plain}
+    payload = {"format": fmt, "state_dict": _cpu(state_dict), **plain}
+    if tensors is not None:
+        payload["tensors"] = _cpu(dict(sorted(tensors.items())))
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         torch.save(payload, fh)
     return path
+
+
+def _cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Own compact CPU storages: a view would drag its whole base storage along, and a CUDA
+    # tensor would need CUDA (or map_location) to load.
+    return {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
 
 
 @contextmanager

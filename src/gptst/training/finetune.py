@@ -1,0 +1,246 @@
+"""Downstream finetuning (GPTST_SPEC section 7): one baseline in one variant, from params.
+
+The loss and every metric are computed on de-normalised predictions; validation (masked MAE
+over all horizons) selects the epoch and the best-validation weights are scored on the test
+windows. The frozen encoder of the ``gptst`` variants reads cached outputs from the encode
+stage when there is a cache, and runs per batch under ``no_grad`` otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptst.data.batch import Batch, WindowBatcher
+from gptst.data.scaler import StandardScaler, fit_train_scaler
+from gptst.data.series import SeriesData
+from gptst.data.windows import Splits, WindowIndex, make_splits
+from gptst.errors import InputError
+from gptst.graph import GraphBundle
+from gptst.models.baselines import build_baseline
+from gptst.models.encoded import EncodedCache
+from gptst.models.forecaster import ENCODER_VARIANTS, Forecaster, input_dim
+from gptst.models.gptst import GPTST, build_model
+from gptst.models.gptst.bundle import EncoderBundle, check_compatible
+from gptst.params import Params
+from gptst.training.metrics import HorizonMetricAccumulator, masked_huber, masked_mae
+from gptst.training.trainer import (
+    Distributed,
+    FitResult,
+    ParamGroup,
+    StepResult,
+    Trainer,
+    TrainerConfig,
+    epoch_batches,
+)
+
+# Offsets of the seeds a variant derives from ``params.seed``: the random encoder's weights
+# must not be the baseline's initial draw.
+RANDOM_ENCODER_SEED_OFFSET = 7919
+
+
+@dataclass(frozen=True)
+class DownstreamData:
+    """What every finetune of one dataset shares: the series, its training scaler, the windows."""
+
+    series: SeriesData
+    graph: GraphBundle
+    scaler: StandardScaler
+    splits: Splits
+    batcher: WindowBatcher
+    mape_min: float
+
+    @classmethod
+    def prepare(cls, params: Params, series: SeriesData, graph: GraphBundle, device: str = "cpu") -> DownstreamData:
+        if list(graph.node_ids) != list(series.node_ids):
+            raise ValueError("the graph's node order is not the series' (rebuild the adjacency stage)")
+        splits = make_splits(len(series.timestamps), params.dataset.split, params.windows)
+        scaler = fit_train_scaler(series, splits.steps)
+        batcher = WindowBatcher.from_series(series, scaler, params.windows.t_in, params.windows.t_out, device)
+        return cls(series, graph, scaler, splits, batcher, params.metrics.mape_threshold(params.dataset.kind))
+
+    @property
+    def null_value(self) -> float | None:
+        return self.series.null_value
+
+
+@dataclass
+class FinetuneResult:
+    forecaster: Forecaster
+    fit: FitResult
+    val: dict[str, dict[str, float]]  # horizon table (horizon_metrics) on the validation windows
+    test: dict[str, dict[str, float]]
+    test_pred: np.ndarray  # [W, T_out, N, C] raw units, the test windows in order
+    test_starts: np.ndarray
+
+
+def random_encoder(like: GPTST, seed: int) -> GPTST:
+    """An untrained GPT-ST of ``like``'s configuration (the ``gptst_random`` capacity control),
+    drawn from its own seed without touching the global random stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(like.cfg)
+    return model.eval().requires_grad_(False)
+
+
+def build_forecaster(
+    params: Params, data: DownstreamData, baseline: str, variant: str, encoder: GPTST | None = None
+) -> Forecaster:
+    """The baseline with its variant's input, sized for ``data`` (built from ``params.seed``)."""
+    channels = len(data.series.channels)
+    hidden = encoder.cfg.hidden if encoder is not None else params.pretrain.model.hidden
+    torch.manual_seed(params.seed)
+    model = build_baseline(
+        baseline,
+        num_nodes=len(data.series.node_ids),
+        in_dim=input_dim(variant, channels, hidden),
+        out_dim=channels,
+        in_steps=params.windows.t_in,
+        out_steps=params.windows.t_out,
+        graph=data.graph,
+        params=getattr(params.baselines, baseline),
+    )
+    return Forecaster(model, variant, encoder=encoder, channels=channels)
+
+
+def variant_encoder(
+    params: Params, data: DownstreamData, variant: str, bundle: EncoderBundle | None, source: str | Path = "data"
+) -> GPTST | None:
+    """The frozen encoder a variant fuses in: the pre-trained one (``gptst``), a random one of the
+    same shape (``gptst_random``), or None. Refuses an encoder that does not fit the data."""
+    if variant not in ENCODER_VARIANTS:
+        return None
+    if bundle is None:
+        raise ValueError(f"variant {variant!r} needs the pre-trained encoder bundle")
+    series = data.series
+    check_compatible(
+        bundle, t_in=params.windows.t_in, num_nodes=len(series.node_ids), channels=series.channels,
+        node_ids=series.node_ids, source=source,
+    )
+    if not (np.allclose(bundle.scaler.mean, data.scaler.mean, rtol=1e-4) and np.allclose(bundle.scaler.std, data.scaler.std, rtol=1e-4)):
+        raise InputError(
+            source, "encoder.scaler", f"the encoder {bundle.source} was pre-trained on data normalised with mean "
+            f"{bundle.scaler.mean} / std {bundle.scaler.std}, these training windows give {data.scaler.mean} / "
+            f"{data.scaler.std}: re-run pretrain on this data",
+        )
+    if variant == "gptst":
+        return bundle.model
+    return random_encoder(bundle.model, params.seed + RANDOM_ENCODER_SEED_OFFSET)
+
+
+def forecast(
+    forecaster: Forecaster,
+    data: DownstreamData,
+    batch: Batch,
+    cache: EncodedCache | None = None,
+    scaler: StandardScaler | None = None,
+) -> torch.Tensor:
+    """De-normalised forecasts [B, T_out, N, C] for ``batch`` (cached encoder outputs if given)."""
+    h_pre = cache.lookup(batch.start).to(batch.x.device) if cache is not None else None
+    return (scaler or data.scaler).inverse_transform(forecaster(batch.x, batch.cal, h_pre))
+
+
+def predict_windows(
+    forecaster: Forecaster,
+    data: DownstreamData,
+    windows: WindowIndex,
+    batch_size: int,
+    *,
+    cache: EncodedCache | None = None,
+    keep: bool = False,
+) -> tuple[dict[str, dict[str, float]], np.ndarray | None]:
+    """Metrics per horizon on ``windows`` (and the raw forecasts [W, T_out, N, C] if ``keep``)."""
+    accumulator = HorizonMetricAccumulator(data.null_value, data.mape_min)
+    kept: list[np.ndarray] = []
+    was_training = forecaster.training
+    forecaster.eval()
+    with torch.no_grad():
+        for batch in data.batcher.batches(windows, batch_size):
+            pred = forecast(forecaster, data, batch, cache).float()
+            accumulator.update(pred, batch.y)
+            if keep:
+                kept.append(pred.cpu().numpy())
+    forecaster.train(was_training)
+    preds = np.concatenate(kept) if keep and kept else None
+    return accumulator.result(), preds
+
+
+def downstream_loss(params: Params, baseline: str) -> Callable[[torch.Tensor, torch.Tensor, float | None], torch.Tensor]:
+    """The baseline's training loss on raw values: masked MAE, or Huber for the Huber baselines."""
+    section = getattr(params.baselines, baseline)
+    if section.loss == "huber":
+        return lambda pred, true, null: masked_huber(pred, true, null, section.huber_delta)
+    return masked_mae
+
+
+def finetune(
+    params: Params,
+    data: DownstreamData,
+    baseline: str,
+    variant: str,
+    *,
+    encoder_bundle: EncoderBundle | None = None,
+    cache: EncodedCache | None = None,
+    state_dir: str | Path,
+    device: str = "cpu",
+    log_fn: Callable[[int, dict[str, float]], None] | None = None,
+    fingerprint: str = "",
+) -> FinetuneResult:
+    """Train ``baseline`` in ``variant`` on the training windows and score it; resumes from
+    ``state_dir`` when its checkpoint has the same ``fingerprint``."""
+    common = params.finetune.common
+    encoder = variant_encoder(params, data, variant, encoder_bundle)
+    if encoder is not None:
+        encoder.to(device)
+    forecaster = build_forecaster(params, data, baseline, variant, encoder).to(device)
+    # Only the pre-trained encoder's outputs are cached; the random control runs per batch.
+    cache = cache if variant == "gptst" else None
+    loss_fn = downstream_loss(params, baseline)
+    splits = data.splits
+
+    def batches(epoch: int):
+        chosen = epoch_batches(splits.train.starts, common.batch_size, epoch, params.seed)
+        for starts in chosen[: common.max_batches_per_epoch]:
+            yield data.batcher.gather(starts).to(device)
+
+    def step(module: torch.nn.Module, batch: Batch, epoch: int) -> StepResult:
+        return StepResult(loss_fn(forecast(module, data, batch, cache), batch.y, data.null_value))
+
+    def val_fn(module: torch.nn.Module, epoch: int) -> float:
+        table, _ = predict_windows(module, data, splits.val, common.batch_size, cache=cache)
+        return table["avg"]["mae"]
+
+    steps = len(epoch_batches(splits.train.starts, common.batch_size, 1, params.seed)[: common.max_batches_per_epoch])
+    trainer = Trainer(
+        forecaster,
+        step,
+        [ParamGroup("forecaster", forecaster.trainable_parameters(), common.grad_clip)],
+        TrainerConfig(
+            epochs=common.epochs,
+            lr=common.lr,
+            lr_decay_epochs=common.lr_decay_epochs,
+            lr_decay_rate=common.lr_decay_rate,
+            weight_decay=common.weight_decay,
+            patience=common.patience,
+            selection="val",
+            amp=common.amp,
+        ),
+        checkpoint_dir=state_dir,
+        device=device,
+        val_fn=val_fn,
+        fingerprint=fingerprint,
+        dist=Distributed(),
+        log_fn=log_fn,
+    )
+    fit = trainer.fit(batches, steps_per_epoch=steps)
+    val, _ = predict_windows(forecaster, data, splits.val, common.batch_size, cache=cache)
+    test, test_pred = predict_windows(forecaster, data, splits.test, common.batch_size, cache=cache, keep=True)
+    if not math.isfinite(val["avg"]["mae"]):
+        raise RuntimeError(f"{baseline}/{variant}: the validation MAE is not finite; training diverged")
+    assert test_pred is not None
+    return FinetuneResult(forecaster, fit, val, test, test_pred, np.asarray(splits.test.starts))

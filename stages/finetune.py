@@ -1,0 +1,129 @@
+"""DVC stages `finetune` and `finetune_gptst`: one baseline in one variant.
+
+Writes the forecaster bundle (``model.pt``, self-contained), the test forecasts
+(``predictions.npz``), the contract's metrics JSON for the test and validation windows and the
+per-epoch curves; logs an MLflow run (metric keys ``{split}_{metric}_h{k:02d}`` and
+``{split}_{metric}_avg``) and registers the bundle as a version of ``<baseline>-<dataset>``
+tagged with the variant (idempotent: keyed by the bundle's DVC hash).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from gptst.cli import run_stage
+from gptst.data.series import load_series, read_series_metadata
+from gptst.device import resolve_device
+from gptst.errors import InputError
+from gptst.evaluation.predictions import write_predictions
+from gptst.graph import load_adjacency
+from gptst.io import atomic_path, sha256_file
+from gptst.models.encoded import EncodedCache
+from gptst.models.forecaster import ENCODER_VARIANTS, VARIANTS
+from gptst.models.forecaster_bundle import save_forecaster_bundle
+from gptst.models.gptst.bundle import load_encoder
+from gptst.params import load_params
+from gptst.tracking import stage_run
+from gptst.tracking.registry import find_version, md5_file, register_version
+from gptst.training.finetune import DownstreamData, finetune
+from gptst.training.metrics import mlflow_metric_keys, write_metrics_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--baseline", required=True)
+    parser.add_argument("--variant", required=True, choices=VARIANTS)
+    parser.add_argument("--series", required=True, type=Path)
+    parser.add_argument("--adjacency", required=True, type=Path)
+    parser.add_argument("--encoder", type=Path, help="encoder bundle (gptst variants)")
+    parser.add_argument("--encoded", type=Path, help="the encode stage's cache folder (gptst variants)")
+    parser.add_argument("--out", required=True, type=Path, help="folder for model.pt and predictions.npz")
+    parser.add_argument("--state", required=True, type=Path, help="checkpoint folder (kept for resuming)")
+    parser.add_argument("--reports", required=True, type=Path, help="folder for the metrics JSONs and curves")
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        params = load_params(args.params)
+        name, variant, dataset = args.baseline, args.variant, params.dataset.name
+        if name not in type(params.baselines).model_fields:
+            raise InputError(args.params, "finetune.baselines", f"unknown baseline {name!r}")
+        series = load_series(args.series)
+        sha = read_series_metadata(args.series).get("source_sha256", "")
+        device = resolve_device(params.device)
+        data = DownstreamData.prepare(params, series, load_adjacency(args.adjacency), device)
+        bundle, cache, encoder_tags = None, None, {"encoder_version": "", "encoder_sha256": ""}
+        if variant in ENCODER_VARIANTS:
+            if args.encoder is None:
+                raise InputError(args.encoder or "command line", "--encoder", f"variant {variant} needs the encoder bundle")
+            bundle = load_encoder(args.encoder, map_location=device)
+            encoder_sha = sha256_file(args.encoder)
+            if variant == "gptst" and args.encoded is not None:
+                cache = EncodedCache.open(args.encoded, encoder_sha)
+            version = find_version(f"gptst-encoder-{dataset}", md5_file(args.encoder)) if variant == "gptst" else None
+            encoder_tags = {"encoder_version": version or ("random" if variant == "gptst_random" else ""),
+                            "encoder_sha256": encoder_sha}
+        section = getattr(params.baselines, name)
+        fingerprint = ":".join(
+            [sha, name, variant, encoder_tags["encoder_sha256"],
+             params.digest("finetune", "windows", "seed", "dataset", "metrics"), section.model_dump_json()]
+        )
+        tags = {"baseline": name, "variant": variant, **encoder_tags}
+        with stage_run(
+            "finetune_gptst" if variant in ENCODER_VARIANTS else "finetune", params, dataset_sha256=sha, device=device,
+            sections=("windows", "finetune"), tags=tags,
+        ) as run:
+            import mlflow
+
+            mlflow.log_params({f"baselines.{name}.{k}": v for k, v in section.model_dump(mode="json").items()})
+            result = finetune(
+                params, data, name, variant, encoder_bundle=bundle, cache=cache, state_dir=args.state, device=device,
+                log_fn=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), fingerprint=fingerprint,
+            )
+            args.out.mkdir(parents=True, exist_ok=True)
+            model_path = save_forecaster_bundle(
+                args.out / "model.pt", result.forecaster, baseline=name, baseline_params=section.model_dump(mode="json"),
+                scaler=data.scaler, graph=data.graph, channels=series.channels, t_in=params.windows.t_in,
+                t_out=params.windows.t_out, freq=series.freq, dataset=dataset,
+                meta={"dataset_sha256": sha, "seed": params.seed, "best_epoch": result.fit.best_epoch,
+                      "val_mae": result.val["avg"]["mae"], "preset": params.preset or "", **encoder_tags},
+            )
+            write_predictions(args.out / "predictions.npz", result.test_pred, result.test_starts,
+                              params.windows.t_in, series.node_ids)
+            args.reports.mkdir(parents=True, exist_ok=True)
+            for split, table in (("test", result.test), ("val", result.val)):
+                write_metrics_json(
+                    args.reports / ("metrics.json" if split == "test" else "val_metrics.json"), dataset=dataset,
+                    baseline=name, variant=variant, seed=params.seed, split=split, horizons=table,
+                )
+                mlflow.log_metrics(mlflow_metric_keys(split, table))
+            curves = pd.DataFrame(result.fit.history).drop(columns="seconds").rename(columns={"val_metric": "val_mae"})
+            curves["epoch"] = curves["epoch"].astype(int)
+            with atomic_path(args.reports / "curves.csv") as tmp:
+                curves.to_csv(tmp, index=False)
+            mlflow.log_metrics({"best_epoch": result.fit.best_epoch})
+            mlflow.log_artifact(str(model_path), artifact_path="model")
+            registered = "not registered (tracking.register_models is false)"
+            if params.tracking.register_models:
+                version = register_version(
+                    f"{name}-{dataset}", f"model/{model_path.name}", run_id=run.info.run_id,
+                    dvc_md5=md5_file(model_path),
+                    tags={"baseline": name, "variant": variant, "dataset": dataset, "dataset_sha256": sha,
+                          "git_commit": run.data.tags.get("git_commit", ""), "preset": params.preset or "",
+                          "params_hash": params.digest(), **encoder_tags},
+                )
+                state = "registered as" if version.created else "already registered as"
+                registered = f"{state} {version.name} version {version.version}"
+        print(
+            f"finetune {name}/{variant}: best epoch {result.fit.best_epoch}/{params.finetune.common.epochs}, "
+            f"val MAE {result.val['avg']['mae']:.3f}, test MAE {result.test['avg']['mae']:.3f}; {registered}"
+        )
+
+    return run_stage(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,9 +9,12 @@ import pytest
 import yaml
 
 from gptst.errors import InputError
-from gptst.params import PRESET_SECTIONS, load_params
+from gptst.params import PRESET_SECTIONS, BaselinesParams, load_params
 
 from .conftest import REPO_ROOT
+
+BASELINE_SECTIONS = "baselines:\n" + "".join(f"  {name}: {{}}\n" for name in BaselinesParams.model_fields)
+EMPTY_TRAINING_SECTIONS = "finetune: {common: {}}\n" + BASELINE_SECTIONS
 
 
 @pytest.fixture
@@ -99,14 +102,14 @@ def test_all_problems_are_reported_at_once(project: Path):
 
 
 def test_a_bad_value_set_by_the_preset_names_the_preset_file(project: Path):
-    (project / "presets" / "cpu.yaml").write_text("pretrain:\n  epochs: -3\nfinetune: {}\nbaselines: {}\n")
+    (project / "presets" / "cpu.yaml").write_text("pretrain:\n  epochs: -3\n" + EMPTY_TRAINING_SECTIONS)
     with pytest.raises(InputError) as err:
         load_params(project / "params.yaml")
     assert "presets/cpu.yaml" in str(err.value) and "pretrain.epochs" in str(err.value)
 
 
 def test_a_preset_may_not_change_the_data_sections(project: Path):
-    (project / "presets" / "cpu.yaml").write_text("dataset:\n  name: other\npretrain: {}\nfinetune: {}\nbaselines: {}\n")
+    (project / "presets" / "cpu.yaml").write_text("dataset:\n  name: other\npretrain: {}\n" + EMPTY_TRAINING_SECTIONS)
     with pytest.raises(InputError, match="presets may only set"):
         load_params(project / "params.yaml")
 
@@ -160,9 +163,25 @@ def test_overriding_the_preset_selects_its_overlay():
 
 
 def test_a_preset_sets_every_tracked_section_and_never_the_list_of_baselines(project: Path):
-    (project / "presets" / "cpu.yaml").write_text("pretrain: {epochs: 2}\nfinetune: {}\n")
+    """DVC tracks `pretrain`, `finetune.common` and each `baselines.<name>` in the preset file:
+    each must exist ({} for none); the list of baselines (the DVC matrix) stays in params.yaml."""
+    preset = project / "presets" / "cpu.yaml"
+    preset.write_text("pretrain: {epochs: 2}\nfinetune: {common: {}}\n")
     with pytest.raises(InputError, match=r"baselines: every preset sets"):
         load_params(project / "params.yaml")
-    (project / "presets" / "cpu.yaml").write_text("pretrain: {}\nfinetune: {baselines: [gwn]}\nbaselines: {}\n")
-    with pytest.raises(InputError, match=r"finetune.baselines: the list of baselines belongs in params.yaml"):
+    preset.write_text("pretrain: {}\nfinetune: {common: {}}\nbaselines: {gwn: {}}\n")
+    with pytest.raises(InputError, match=r"baselines.stgcn: every preset sets a section for each baseline"):
         load_params(project / "params.yaml")
+    preset.write_text("pretrain: {}\nfinetune: {}\n" + BASELINE_SECTIONS)
+    with pytest.raises(InputError, match=r"finetune.common: every preset sets finetune.common"):
+        load_params(project / "params.yaml")
+    preset.write_text("pretrain: {}\nfinetune: {common: {}, baselines: [gwn]}\n" + BASELINE_SECTIONS)
+    with pytest.raises(InputError, match=r"finetune.baselines: presets set only finetune.common"):
+        load_params(project / "params.yaml")
+    preset.write_text("pretrain: {}\n" + EMPTY_TRAINING_SECTIONS)
+    assert load_params(project / "params.yaml").preset == "cpu"
+
+
+def test_every_shipped_preset_is_valid():
+    for preset in sorted((REPO_ROOT / "presets").glob("*.yaml")):
+        assert load_params(REPO_ROOT / "params.yaml", overrides={"preset": preset.stem}).preset == preset.stem

@@ -263,9 +263,20 @@ class GwnParams(BaselineParams):
 
 
 class StgcnParams(BaselineParams):
-    cheb_k: int = 3
-    kernel_t: int = 3
-    block_channels: list[list[int]] = [[64, 32, 64], [64, 32, 128]]
+    """STGCN, GPT-ST configuration: per ST-Conv block ``[bottleneck, output]`` channels (a block's
+    input is the model input or the previous block's output), 'same' temporal padding."""
+
+    cheb_k: int = Field(3, ge=1)
+    kernel_t: int = Field(3, ge=1)
+    output_kernel_t: int = Field(3, ge=1, description="output layer's temporal kernel when T_out == T_in")
+    block_channels: list[list[int]] = [[32, 64], [32, 128]]
+
+    @field_validator("block_channels")
+    @classmethod
+    def _pairs(cls, v: list[list[int]]) -> list[list[int]]:
+        if not v or any(len(block) != 2 or min(block) < 1 for block in v):
+            raise ValueError(f"{v}: need at least one block, each [bottleneck, output] of positive ints")
+        return v
 
 
 class MtgnnParams(BaselineParams):
@@ -284,10 +295,13 @@ class MtgnnParams(BaselineParams):
 
 
 class AstgcnParams(BaselineParams):
-    blocks: int = 2
-    cheb_k: int = 3
-    chev_filters: int = 64
-    time_filters: int = 64
+    """ASTGCN, GPT-ST configuration (normalized Laplacian; the original paper: combinatorial)."""
+
+    blocks: int = Field(2, ge=1)
+    cheb_k: int = Field(3, ge=1)
+    chev_filters: int = Field(64, ge=1)
+    time_filters: int = Field(64, ge=1)
+    laplacian: Literal["normalized", "combinatorial"] = "normalized"
 
 
 class TgcnParams(BaselineParams):
@@ -475,9 +489,19 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
         absent = [s for s in PRESET_SECTIONS if not isinstance(overlay.get(s), dict)]
         if absent:
             raise InputError(preset_path, absent[0], f"every preset sets {list(PRESET_SECTIONS)} (use {{}} for none)")
-        # The DVC matrix of finetune items is read from params.yaml alone.
-        if "baselines" in overlay["finetune"]:
-            raise InputError(preset_path, "finetune.baselines", "the list of baselines belongs in params.yaml")
+        # The DVC matrix of finetune items is read from params.yaml alone, and each item tracks
+        # `finetune.common` and its own `baselines.<name>` in the preset: those keys must exist.
+        stray = sorted(set(overlay["finetune"]) - {"common"})
+        if stray:
+            raise InputError(preset_path, f"finetune.{stray[0]}", "presets set only finetune.common; the rest belongs in params.yaml")
+        if not isinstance(overlay["finetune"].get("common"), dict):
+            raise InputError(preset_path, "finetune.common", "every preset sets finetune.common (use {} for none)")
+        absent = [name for name in BaselinesParams.model_fields if not isinstance(overlay["baselines"].get(name), dict)]
+        if absent:
+            raise InputError(
+                preset_path, f"baselines.{absent[0]}", "every preset sets a section for each baseline (use {} for none); "
+                f"missing: {absent}"
+            )
         _merge(raw, overlay, origin, str(preset_path), ())
     for dotted, value in overrides.items():
         _set_dotted(raw, dotted, value)

@@ -25,6 +25,7 @@ from gptst.graph import GraphBundle
 from gptst.models.baselines import build_baseline
 from gptst.models.encoded import EncodedCache
 from gptst.models.forecaster import ENCODER_VARIANTS, Forecaster, input_dim
+from gptst.models.forecaster_bundle import ForecasterBundle
 from gptst.models.gptst import GPTST, build_model
 from gptst.models.gptst.bundle import EncoderBundle, check_compatible
 from gptst.params import Params
@@ -56,11 +57,20 @@ class DownstreamData:
     mape_min: float
 
     @classmethod
-    def prepare(cls, params: Params, series: SeriesData, graph: GraphBundle, device: str = "cpu") -> DownstreamData:
+    def prepare(
+        cls,
+        params: Params,
+        series: SeriesData,
+        graph: GraphBundle,
+        device: str = "cpu",
+        scaler: StandardScaler | None = None,
+    ) -> DownstreamData:
+        """Windows and batcher of ``series``; ``scaler`` defaults to the one fitted on its training
+        split (a trained model brings its own)."""
         if list(graph.node_ids) != list(series.node_ids):
             raise ValueError("the graph's node order is not the series' (rebuild the adjacency stage)")
         splits = make_splits(len(series.timestamps), params.dataset.split, params.windows)
-        scaler = fit_train_scaler(series, splits.steps)
+        scaler = scaler or fit_train_scaler(series, splits.steps)
         batcher = WindowBatcher.from_series(series, scaler, params.windows.t_in, params.windows.t_out, device)
         return cls(series, graph, scaler, splits, batcher, params.metrics.mape_threshold(params.dataset.kind))
 
@@ -244,3 +254,26 @@ def finetune(
         raise RuntimeError(f"{baseline}/{variant}: the validation MAE is not finite; training diverged")
     assert test_pred is not None
     return FinetuneResult(forecaster, fit, val, test, test_pred, np.asarray(splits.test.starts))
+
+
+def score_forecaster(
+    bundle: ForecasterBundle, params: Params, series: SeriesData, *, source: str | Path = "data", device: str = "cpu"
+) -> float:
+    """The promotion score of a trained forecaster on the current data: ``promotion.metric``
+    pooled over all horizons on the promotion window (the last ``promotion.max_windows``
+    validation windows), with the bundle's own scaler. A bundle that does not fit the data
+    (nodes, window lengths, channels) is an :class:`InputError`."""
+    problems = []
+    if bundle.node_ids != list(series.node_ids):
+        problems.append(f"{len(bundle.node_ids)} nodes (model) vs {len(series.node_ids)} (data) or another order")
+    if (bundle.t_in, bundle.t_out) != (params.windows.t_in, params.windows.t_out):
+        problems.append(f"windows {bundle.t_in}->{bundle.t_out} (model) vs {params.windows.t_in}->{params.windows.t_out}")
+    if bundle.channels != list(series.channels):
+        problems.append(f"channels {bundle.channels} (model) vs {list(series.channels)}")
+    if problems:
+        raise InputError(source, "model", f"{bundle.source} cannot be scored on this data: " + "; ".join(problems))
+    data = DownstreamData.prepare(params, series, bundle.graph, device, scaler=bundle.scaler)
+    windows = data.splits[params.promotion.window].last(params.promotion.max_windows)
+    bundle.forecaster.to(device)
+    table, _ = predict_windows(bundle.forecaster, data, windows, params.finetune.common.batch_size)
+    return float(table["avg"][params.promotion.metric])

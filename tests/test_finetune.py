@@ -1,0 +1,265 @@
+"""Downstream finetuning (GPTST_SPEC section 7) on the real METR-LA week, 20 sensors: the four
+variants, the frozen encoder, de-normalised metrics, the forecaster bundle and the encode cache."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gptst.data.calendar import steps_per_day
+from gptst.errors import InputError
+from gptst.models.encoded import EncodedCache, write_encoded
+from gptst.models.forecaster_bundle import load_forecaster, save_forecaster_bundle
+from gptst.models.gptst import GptstConfig, build_model
+from gptst.models.gptst.bundle import load_encoder, save_encoder_bundle
+from gptst.params import load_params
+from gptst.training.finetune import (
+    DownstreamData,
+    finetune,
+    predict_windows,
+    score_forecaster,
+)
+from gptst.training.metrics import horizon_metrics, write_metrics_json
+
+from .baseline_checks import week_graph
+from .conftest import REPO_ROOT
+
+NODES = 20
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is faster and immune to other jobs on the machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return load_params(
+        REPO_ROOT / "params.yaml",
+        overrides={
+            "preset": "tiny",
+            "finetune.common.epochs": 2,
+            "finetune.common.batch_size": 8,
+            "finetune.common.max_batches_per_epoch": 4,
+            "finetune.common.patience": 2,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def series(week):
+    """The week's first 20 sensors (real speeds, real missing zeros)."""
+    return replace(week, values=np.ascontiguousarray(week.values[:, :NODES]), node_ids=week.node_ids[:NODES])
+
+
+@pytest.fixture(scope="module")
+def data(params, series, week):
+    return DownstreamData.prepare(params, series, week_graph(week, nodes=NODES))
+
+
+@pytest.fixture(scope="module")
+def encoder_file(params, data, series, tmp_path_factory) -> Path:
+    """An encoder bundle fitting the data (seeded weights stand in for pre-trained ones)."""
+    torch.manual_seed(3)
+    cfg = GptstConfig(num_nodes=NODES, t_in=params.windows.t_in, channels=1, hidden=16, embed=4, clusters=4,
+                      cross_hyperedges=4, temporal_hyperedges=4)
+    path = tmp_path_factory.mktemp("encoder") / "encoder.pt"
+    return save_encoder_bundle(
+        path, build_model(cfg), scaler=data.scaler, node_ids=series.node_ids, channels=series.channels,
+        freq=series.freq, steps_per_day=steps_per_day(series.freq), dataset="metr-la-week",
+    )
+
+
+def _checksum(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained(params, data, encoder_file, tmp_path_factory):
+    """tgcn in every variant, trained for 2 x 4 batches."""
+    out = {}
+    for variant in ("plain", "calendar", "gptst", "gptst_random"):
+        bundle = load_encoder(encoder_file) if variant.startswith("gptst") else None
+        before = _checksum(bundle.model) if bundle is not None else None
+        result = finetune(
+            params, data, "tgcn", variant, encoder_bundle=bundle, state_dir=tmp_path_factory.mktemp(variant)
+        )
+        out[variant] = (result, before)
+    return out
+
+
+def test_every_variant_trains_and_scores_on_the_test_windows(trained, data):
+    for variant, (result, _) in trained.items():
+        assert result.fit.epochs_run == 2, variant
+        assert result.test_pred.shape == (len(data.splits.test), 12, NODES, 1)
+        assert np.array_equal(result.test_starts, data.splits.test.starts)
+        assert np.isfinite(result.test["avg"]["mae"]) and np.isfinite(result.val["avg"]["mae"])
+
+
+def test_the_variants_feed_the_baseline_their_own_inputs(trained):
+    first_layer = {v: r.forecaster.baseline.cell.gates.in_features - r.forecaster.baseline.hidden for v, (r, _) in trained.items()}
+    assert first_layer == {"plain": 1, "calendar": 5, "gptst": 16, "gptst_random": 16}
+
+
+def test_the_enhanced_wrapper_never_changes_the_encoder_weights(trained):
+    """Checksum of the frozen encoder before and after training: identical, and it stays in eval mode."""
+    for variant in ("gptst", "gptst_random"):
+        result, before = trained[variant]
+        encoder = result.forecaster.encoder
+        assert not any(p.requires_grad for p in encoder.parameters())
+        assert not encoder.training
+        if variant == "gptst":
+            assert _checksum(encoder) == before
+        else:
+            assert _checksum(encoder) != before, "the capacity control must not reuse the pre-trained weights"
+
+
+def test_the_random_encoder_is_untrained_but_the_same_shape(trained):
+    pre, rand = trained["gptst"][0].forecaster.encoder, trained["gptst_random"][0].forecaster.encoder
+    assert pre.cfg == rand.cfg
+    assert [p.shape for p in pre.parameters()] == [p.shape for p in rand.parameters()]
+
+
+def test_predictions_are_de_normalised_before_the_metrics(trained, data, series):
+    """The forecasts are in mph (not z-scores) and the reported metrics are the masked metrics of
+    those forecasts against the raw series."""
+    result, _ = trained["plain"]
+    truth = series.values[data.splits.test.target_steps()]
+    assert 30 < float(np.nanmean(result.test_pred)) < 80  # speeds, not z-scores around 0
+    expected = horizon_metrics(result.test_pred, truth, null_value=0.0, mape_min=data.mape_min)
+    for key in ("1", "12", "avg"):
+        for metric in ("mae", "rmse", "mape"):
+            assert result.test[key][metric] == pytest.approx(expected[key][metric], rel=1e-5)
+
+
+def test_the_metrics_json_follows_the_contract(trained, tmp_path):
+    import json
+
+    result, _ = trained["calendar"]
+    path = write_metrics_json(tmp_path / "metrics.json", dataset="metr-la-week", baseline="tgcn",
+                              variant="calendar", seed=0, split="test", horizons=result.test)
+    doc = json.loads(path.read_text())
+    assert set(doc) == {"dataset", "baseline", "variant", "seed", "split", "horizons"}
+    assert list(doc["horizons"]) == [str(k) for k in range(1, 13)] + ["avg"]
+    assert all(set(row) == {"mae", "rmse", "mape"} for row in doc["horizons"].values())
+
+
+def test_the_forecaster_bundle_forecasts_alone(trained, data, params, series, tmp_path):
+    """Saved with its scaler, node ids and graph, a bundle reloads into the same forecasts."""
+    for variant in ("calendar", "gptst"):
+        result, _ = trained[variant]
+        path = save_forecaster_bundle(
+            tmp_path / f"{variant}.pt", result.forecaster, baseline="tgcn",
+            baseline_params=params.baselines.tgcn.model_dump(mode="json"), scaler=data.scaler, graph=data.graph,
+            channels=series.channels, t_in=12, t_out=12, freq=series.freq, dataset="metr-la-week",
+        )
+        loaded = load_forecaster(path)
+        assert (loaded.baseline, loaded.variant, loaded.node_ids) == ("tgcn", variant, series.node_ids)
+        table, pred = predict_windows(loaded.forecaster, data, data.splits.test, 64, keep=True)
+        np.testing.assert_allclose(pred, result.test_pred, rtol=1e-5, atol=1e-4)
+        assert score_forecaster(loaded, params, series) == pytest.approx(result.val["avg"]["mae"], rel=1e-5)
+
+
+def test_a_tampered_bundle_is_an_input_error_naming_the_field(trained, data, params, series, tmp_path):
+    result, _ = trained["plain"]
+    path = save_forecaster_bundle(
+        tmp_path / "plain.pt", result.forecaster, baseline="tgcn", baseline_params={"hidden": 16},
+        scaler=data.scaler, graph=data.graph, channels=series.channels, t_in=12, t_out=12, freq=series.freq,
+        dataset="metr-la-week",
+    )
+    payload = torch.load(path, weights_only=True)
+    payload["tensors"]["graph.adj"][0, 1] += 1.0
+    torch.save(payload, tmp_path / "tampered.pt")
+    with pytest.raises(InputError, match="graph_checksum"):
+        load_forecaster(tmp_path / "tampered.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["baseline_params"]["hidden"] = 8
+    torch.save(payload, tmp_path / "resized.pt")
+    with pytest.raises(InputError, match="state_dict"):
+        load_forecaster(tmp_path / "resized.pt")
+
+
+def test_a_model_for_other_sensors_cannot_be_scored_on_this_data(trained, data, params, week, tmp_path):
+    result, _ = trained["plain"]
+    path = save_forecaster_bundle(
+        tmp_path / "plain.pt", result.forecaster, baseline="tgcn", baseline_params={"hidden": 16},
+        scaler=data.scaler, graph=data.graph, channels=week.channels, t_in=12, t_out=12, freq=week.freq,
+        dataset="metr-la-week",
+    )
+    with pytest.raises(InputError, match="cannot be scored"):
+        score_forecaster(load_forecaster(path), params, week)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda s: replace(s, node_ids=list(reversed(s.node_ids))), "node ids"),
+        (lambda s: replace(s, values=s.values[:, :10], node_ids=s.node_ids[:10]), "N 20 nodes"),
+    ],
+    ids=["node order", "node count"],
+)
+def test_finetuning_refuses_an_encoder_that_does_not_fit(params, series, week, encoder_file, tmp_path, change, words):
+    other = change(series)
+    graph = week_graph(week, nodes=NODES)
+    if len(other.node_ids) != NODES:
+        graph = week_graph(week, nodes=len(other.node_ids))
+    else:
+        graph = replace(graph, node_ids=other.node_ids)
+    data = DownstreamData.prepare(params, other, graph)
+    with pytest.raises(InputError, match=words):
+        finetune(params, data, "tgcn", "gptst", encoder_bundle=load_encoder(encoder_file), state_dir=tmp_path)
+
+
+def test_finetuning_refuses_an_encoder_of_other_window_length(params, data, encoder_file, tmp_path):
+    longer = params.model_copy(update={"windows": params.windows.model_copy(update={"t_in": 24})})
+    with pytest.raises(InputError, match="T_in 12"):
+        finetune(longer, data, "tgcn", "gptst", encoder_bundle=load_encoder(encoder_file), state_dir=tmp_path)
+
+
+def test_the_encode_cache_holds_the_encoder_outputs_in_fp16(data, encoder_file, tmp_path):
+    bundle = load_encoder(encoder_file)
+    starts = data.splits.val.starts[:10]
+    index = write_encoded(tmp_path / "enc", bundle, data.batcher, starts, encoder_sha256="a" * 64, max_gb=1.0)
+    assert index.mode == "cached" and index.windows == 10
+    cache = EncodedCache.open(tmp_path / "enc", "a" * 64)
+    batch = data.batcher.gather(starts[[3, 7]])
+    with torch.no_grad():
+        expected = bundle.model.encode(batch.x, batch.cal)
+    torch.testing.assert_close(cache.lookup(starts[[3, 7]]), expected, atol=2e-3, rtol=2e-3)
+    with pytest.raises(InputError, match="another encoder"):
+        EncodedCache.open(tmp_path / "enc", "b" * 64)
+
+
+def test_above_the_size_cap_the_cache_is_only_an_on_the_fly_index(data, encoder_file, tmp_path):
+    bundle = load_encoder(encoder_file)
+    index = write_encoded(tmp_path / "enc", bundle, data.batcher, data.splits.val.starts, encoder_sha256="c" * 64,
+                          max_gb=1e-6)
+    assert index.mode == "on_the_fly" and "encoder_cache_max_gb" in index.reason
+    assert EncodedCache.open(tmp_path / "enc", "c" * 64) is None
+    assert not list((tmp_path / "enc").glob("*/shard_*.npy"))
+
+
+def test_cached_and_on_the_fly_encoding_train_the_same_model(params, data, encoder_file, tmp_path):
+    """The cache changes where H_pre comes from, not what is learned (fp16 rounding aside)."""
+    bundle = load_encoder(encoder_file)
+    starts = np.concatenate([data.splits[s].starts for s in ("train", "val", "test")])
+    write_encoded(tmp_path / "enc", bundle, data.batcher, starts, encoder_sha256="d" * 64, max_gb=1.0)
+    cache = EncodedCache.open(tmp_path / "enc", "d" * 64)
+    one = params.model_copy(update={"finetune": params.finetune.model_copy(
+        update={"common": params.finetune.common.model_copy(update={"epochs": 1})})})
+    cached = finetune(one, data, "tgcn", "gptst", encoder_bundle=bundle, cache=cache, state_dir=tmp_path / "a")
+    live = finetune(one, data, "tgcn", "gptst", encoder_bundle=load_encoder(encoder_file), state_dir=tmp_path / "b")
+    assert cached.test["avg"]["mae"] == pytest.approx(live.test["avg"]["mae"], rel=1e-2)

@@ -168,7 +168,7 @@ def test_the_forecaster_bundle_forecasts_alone(trained, data, params, series, tm
         )
         loaded = load_forecaster(path)
         assert (loaded.baseline, loaded.variant, loaded.node_ids) == ("tgcn", variant, series.node_ids)
-        table, pred = predict_windows(loaded.forecaster, data, data.splits.test, 64, keep=True)
+        _, pred = predict_windows(loaded.forecaster, data, data.splits.test, 64, keep=True)
         np.testing.assert_allclose(pred, result.test_pred, rtol=1e-5, atol=1e-4)
         assert score_forecaster(loaded, params, series) == pytest.approx(result.val["avg"]["mae"], rel=1e-5)
 

@@ -129,13 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         _csv(horizon_mae, evaluate_dir / "horizon_mae.csv")
         _csv(hour_frame, evaluate_dir / "mae_by_time_of_day.csv")
         _csv(sensor_frame, evaluate_dir / "mae_by_sensor.csv")
+        figures_dir = args.out / "figures"  # one DVC output folder: a dropped baseline's figure goes with it
         figures = [
-            plot_horizon_mae(horizon_mae, evaluate_dir / "horizon_mae.png", title=f"{name}: test MAE per horizon step"),
-            plot_mae_by_time_of_day(hour_frame, evaluate_dir / "mae_by_time_of_day.png",
+            plot_horizon_mae(horizon_mae, figures_dir / "horizon_mae.png", title=f"{name}: test MAE per horizon step"),
+            plot_mae_by_time_of_day(hour_frame, figures_dir / "mae_by_time_of_day.png",
                                     title=f"{name}: test MAE by hour of day (all horizon steps)"),
         ]
         for baseline, (view, traces) in views.items():
-            figures.append(plot_forecasts(view, traces, evaluate_dir / f"forecast_{baseline}.png",
+            figures.append(plot_forecasts(view, traces, figures_dir / f"forecast_{baseline}.png",
                                           title=f"{name}, {baseline}: test forecasts over one day"))
 
         mlflow_metrics = {

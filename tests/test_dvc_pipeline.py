@@ -1,5 +1,7 @@
-"""`dvc repro` in a temporary clone of the project: the embedded week end to end, a no-op
-second run, and the NYC bike grid by editing params.yaml only. One pipeline run per session."""
+"""`dvc repro` in a temporary clone of the project: the embedded week end to end (tiny preset,
+two baselines in four variants), a no-op second run, a pre-training change that re-runs only
+what depends on the encoder, and the NYC bike grid by editing params.yaml only. One pipeline
+run per session."""
 
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ import yaml
 from .conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
+
+BASELINES = ("gwn", "tgcn")
+VARIANTS = ("plain", "calendar", "gptst", "gptst_random")
 
 
 def project_files(root: Path) -> list[str]:
@@ -81,6 +86,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Clone:
     # the smallest training sizes: this test is about the pipeline, not the model
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["preset"] = "tiny"
+    params["finetune"]["baselines"] = list(BASELINES)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     c.run("git", "init", "-q")
     c.run("git", "add", "-A")
@@ -93,6 +99,13 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Clone:
     c.dvc("repro", name="second")
     c.runs_after_second = c.mlflow_runs()  # type: ignore[attr-defined]
     c.versions_after_second = c.model_versions()  # type: ignore[attr-defined]
+    c.comparison_before = (root / "reports/metr-la-week/comparison.csv").read_text()  # type: ignore[attr-defined]
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["pretrain"]["lr"] = params["pretrain"]["lr"] / 2
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    c.dvc("repro", name="pretrain_changed")
+    c.versions_after_change = c.model_versions()  # type: ignore[attr-defined]
 
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["dataset"].update(
@@ -101,6 +114,8 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Clone:
         channel_names=["inflow", "outflow"], null_value=None,
         split={"train": 0.6, "val": 0.2, "test": 0.2},
     )
+    params["finetune"]["baselines"] = ["tgcn"]
+    params["finetune"]["encoder_cache_max_gb"] = 0.001  # the on-the-fly path: no cache written
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     c.dvc("repro", name="nyc")
     return c
@@ -108,8 +123,12 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Clone:
 
 def test_repro_runs_ingest_adjacency_and_validate_on_the_embedded_week(clone: Clone):
     out = clone.logs["first"].stdout
-    for stage in ("ingest", "adjacency", "validate", "pretrain"):
+    for stage in ("ingest", "adjacency", "validate", "pretrain", "encode", "evaluate", "promote"):
         assert f"Running stage '{stage}'" in out
+    for baseline in BASELINES:
+        for variant in VARIANTS:
+            stage = "finetune_gptst" if variant.startswith("gptst") else "finetune"
+            assert f"Running stage '{stage}@{baseline}-{variant}'" in out
     processed = clone.root / "data/processed/metr-la-week"
     assert {"series.parquet", "meta.json", "adjacency.npz"} <= {p.name for p in processed.iterdir()}
     counts = json.loads((clone.root / "reports/metr-la-week/validation/metrics.json").read_text())
@@ -118,23 +137,71 @@ def test_repro_runs_ingest_adjacency_and_validate_on_the_embedded_week(clone: Cl
 
 
 def test_every_stage_logged_an_mlflow_run_into_the_store_at_the_project_root(clone: Clone):
-    assert clone.runs_after_first == [
-        ("gptst-metr-la-week", stage) for stage in ("ingest", "adjacency", "validate", "pretrain")
-    ]
+    stages = [stage for experiment, stage in clone.runs_after_first if experiment == "gptst-metr-la-week"]
+    assert stages[:4] == ["ingest", "adjacency", "validate", "pretrain"]
+    assert stages.count("finetune") == 2 * len(BASELINES) and stages.count("finetune_gptst") == 2 * len(BASELINES)
+    assert stages[-1] == "promote"
     assert (clone.root / "mlartifacts" / "gptst-metr-la-week").is_dir()
+
+
+def test_every_baseline_and_variant_is_registered_once_and_a_champion_chosen(clone: Clone):
+    versions = clone.versions_after_first
+    assert ("gptst-encoder-metr-la-week", 1) in versions
+    for baseline in BASELINES:
+        assert [v for name, v in versions if name == f"{baseline}-metr-la-week"] == [1, 2, 3, 4]
+    with sqlite3.connect(clone.root / "mlruns.db") as db:
+        aliases = dict(db.execute("SELECT name, version FROM registered_model_aliases WHERE alias = 'champion'"))
+    assert set(aliases) >= {f"{b}-metr-la-week" for b in BASELINES}
+    decisions = json.loads((clone.root / "reports/metr-la-week/promotion.json").read_text())["decisions"]
+    assert [d["baseline"] for d in decisions] == list(BASELINES)
+    assert all(d["promoted"] and d["champion_before"] is None for d in decisions)
+
+
+def test_evaluate_writes_the_comparison_of_every_baseline_and_variant(clone: Clone):
+    import pandas as pd
+
+    table = pd.read_csv(clone.root / "reports/metr-la-week/comparison.csv", dtype={"horizon": str})
+    assert list(table.columns) == ["baseline", "variant", "horizon", "mae", "rmse", "mape"]
+    assert len(table) == len(BASELINES) * len(VARIANTS) * 4
+    assert set(table["horizon"]) == {"3", "6", "12", "avg"}
+    assert table[["mae", "rmse", "mape"]].notna().all().all()
+    assert "| gwn" in (clone.root / "reports/metr-la-week/comparison.md").read_text()
+    for png in ("horizon_mae.png", "mae_by_time_of_day.png"):
+        assert (clone.root / "reports/metr-la-week/figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shards = list((clone.root / "models/metr-la-week/encoded").glob("*/shard_*.npy"))
+    assert shards, "the week's encoder outputs are cached"
+
+
+def test_a_pre_training_change_re_runs_encode_and_finetune_gptst_but_not_finetune(clone: Clone):
+    out = clone.logs["pretrain_changed"].stdout
+    for stage in ("pretrain", "encode", "evaluate", "promote"):
+        assert f"Running stage '{stage}'" in out
+    for baseline in BASELINES:
+        for variant in ("gptst", "gptst_random"):
+            assert f"Running stage 'finetune_gptst@{baseline}-{variant}'" in out
+        for variant in ("plain", "calendar"):
+            assert f"Running stage 'finetune@{baseline}-{variant}'" not in out
+    for stage in ("ingest", "adjacency", "validate"):
+        assert f"Running stage '{stage}'" not in out
+    # a new encoder, new gptst versions, nothing else
+    new = set(clone.versions_after_change) - set(clone.versions_after_first)
+    assert ("gptst-encoder-metr-la-week", 2) in new
+    assert {name for name, _ in new} <= {"gptst-encoder-metr-la-week", *(f"{b}-metr-la-week" for b in BASELINES)}
 
 
 def test_a_second_repro_with_nothing_changed_runs_nothing(clone: Clone):
     out = clone.logs["second"].stdout
     assert "Running stage" not in out
     assert clone.runs_after_second == clone.runs_after_first
-    assert clone.versions_after_second == clone.versions_after_first == [("gptst-encoder-metr-la-week", 1)]
+    assert clone.versions_after_second == clone.versions_after_first
+    assert len(clone.versions_after_first) == 1 + len(BASELINES) * len(VARIANTS)
 
 
 def test_the_nyc_bike_grid_runs_by_editing_params_only(clone: Clone):
     out = clone.logs["nyc"].stdout
-    for stage in ("ingest", "adjacency", "validate", "pretrain"):
+    for stage in ("ingest", "adjacency", "validate", "pretrain", "encode", "finetune_gptst@tgcn-gptst", "evaluate"):
         assert f"Running stage '{stage}'" in out
+    assert "on_the_fly" in out  # above the cache cap the encoder runs per batch
     meta = json.loads((clone.root / "data/processed/nycbike-grid/meta.json").read_text())
     assert meta["shape"] == [1369, 128, 2] and meta["freq"] == "h" and meta["kind"] == "demand"
     counts = json.loads((clone.root / "reports/nycbike-grid/validation/metrics.json").read_text())
@@ -146,3 +213,8 @@ def test_the_nyc_bike_grid_runs_by_editing_params_only(clone: Clone):
     assert ("gptst-nycbike-grid", "validate") in clone.mlflow_runs()
     assert ("gptst-encoder-nycbike-grid", 1) in clone.model_versions()
     assert json.loads((clone.root / "reports/nycbike-grid/pretrain/metrics.json").read_text())["train_windows"] > 0
+    # two channels (inflow, outflow) through every variant
+    import pandas as pd
+
+    table = pd.read_csv(clone.root / "reports/nycbike-grid/comparison.csv", dtype={"horizon": str})
+    assert set(table["variant"]) == set(VARIANTS) and set(table["baseline"]) == {"tgcn"}

@@ -341,7 +341,7 @@ def test_the_stage_writes_the_comparison_metrics_plots_and_figures(stage):
     markdown = (project.out / "comparison.md").read_text()
     assert markdown.strip() in printed and "### Horizon 12" in markdown and "gptst better in" in markdown
     for name in ("horizon_mae.png", "mae_by_time_of_day.png", "forecast_gwn.png", "forecast_stgcn.png"):
-        assert (evaluate / name).read_bytes()[:8] == PNG_MAGIC, name
+        assert (project.out / "figures" / name).read_bytes()[:8] == PNG_MAGIC, name
     horizon = pd.read_csv(evaluate / "horizon_mae.csv")
     assert list(horizon.columns) == ["baseline", "variant", "step", "mae"] and len(horizon) == 2 * 4 * T_OUT
     by_hour = pd.read_csv(evaluate / "mae_by_time_of_day.csv")
@@ -384,7 +384,7 @@ def test_missing_variants_are_shown_as_missing_and_skip_the_bootstrap(stage, tmp
     metrics = json.loads((tmp_path / "out" / "evaluate" / "metrics.json").read_text())
     assert "gptst_vs_plain" not in metrics["stgcn"] and "gptst_vs_plain" in metrics["gwn"]
     assert set(pd.read_csv(tmp_path / "out" / "evaluate" / "mae_by_sensor.csv").baseline) == {"gwn"}
-    assert (tmp_path / "out" / "evaluate" / "forecast_stgcn.png").read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / "out" / "figures" / "forecast_stgcn.png").read_bytes()[:8] == PNG_MAGIC
 
 
 @pytest.mark.parametrize(

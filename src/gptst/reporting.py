@@ -19,19 +19,29 @@ def _size(n_bytes: int) -> str:
 
 
 def print_outputs(root: Path) -> int:
-    """List every output file of the current dataset with its size, and the validation verdict."""
+    """List the current dataset's outputs with their sizes (a folder of many files as one line),
+    the validation verdict, the comparison table, the promotion decisions and the UI command."""
     params = load_params(root / "params.yaml")
     name = params.dataset.name
     print(f"\nOutputs for dataset '{name}' (preset '{params.preset}'):")
     found = 0
     for folder in OUTPUT_FOLDERS:
         base = root / folder / name
-        for path in sorted(p for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            print(f"  {path.relative_to(root)!s:<60} {_size(path.stat().st_size):>10}")
-            found += 1
+        files = sorted(p for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
+        grouped: dict[Path, list[Path]] = {}
+        for path in files:
+            rel = path.relative_to(base)
+            key = base / rel.parts[0] if len(rel.parts) > 2 else path  # deep folders: one line each
+            grouped.setdefault(key, []).append(path)
+        for key, members in grouped.items():
+            size = _size(sum(p.stat().st_size for p in members))
+            label = f"{key.relative_to(root)}/ ({len(members)} files)" if key.is_dir() else str(key.relative_to(root))
+            print(f"  {label:<60} {size:>10}")
+            found += len(members)
     if not found:
         print("  nothing yet: run `dvc repro` (or `make run`)")
-    metrics = root / "reports" / name / "validation" / "metrics.json"
+    reports = root / "reports" / name
+    metrics = reports / "validation" / "metrics.json"
     if metrics.is_file():
         counts = json.loads(metrics.read_text())
         verdict = "passed" if counts.get("blocking_failed", 1) == 0 else "FAILED"
@@ -39,6 +49,15 @@ def print_outputs(root: Path) -> int:
             f"\nValidation {verdict}: {counts.get('successful')}/{counts.get('evaluated')} expectations met; "
             f"report: reports/{name}/validation/summary.md"
         )
+    comparison = reports / "comparison.md"
+    if comparison.is_file():
+        print(f"\nTest-split comparison ({comparison.relative_to(root)}; long form: comparison.csv):\n")
+        print(comparison.read_text().rstrip())
+    promotion = reports / "promotion.json"
+    if promotion.is_file():
+        print("\nPromotion (champion alias on <baseline>-<dataset>, validation windows):")
+        for decision in json.loads(promotion.read_text()).get("decisions", []):
+            print(f"  {decision['model_name']}: {decision['summary']}")
     print("MLflow UI: make ui  (http://127.0.0.1:5000)")
     return 0
 

@@ -2,9 +2,9 @@
 
 Reads each finetune item's metrics.json (--reports) and predictions.npz (--models), one item
 at a time, and writes under --out the comparison table (comparison.csv long, comparison.md wide,
-printed), and under --out/evaluate the DVC metrics (average metrics, paired bootstrap of gptst
-against plain), the DVC plots data (MAE per horizon step, hour of day, sensor) and PNGs; logs one
-MLflow run. Every input is read and checked before the first write, so bad input leaves the
+printed), under --out/evaluate the DVC metrics (average metrics, paired bootstrap of gptst
+against plain) and plots data (MAE per horizon step, hour of day, sensor), under --out/figures the
+PNGs, and logs one MLflow run. Every input is read and checked before the first write, so bad input leaves the
 previous outputs untouched. Items without results are shown as missing, not an error.
 """
 

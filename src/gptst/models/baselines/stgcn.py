@@ -1,0 +1,182 @@
+"""STGCN (Yu, Yin and Zhu, IJCAI 2018) in the GPT-ST configuration.
+
+Two ST-Conv blocks ("sandwich": gated temporal conv, Chebyshev graph conv, temporal conv, layer
+norm over nodes x channels), then the output layer (gated temporal conv, layer norm, sigmoid 1x1
+conv, 1x1 conv to the output channels). As in GPT-ST's port, temporal convolutions use 'same'
+padding, so the time axis keeps its length through the blocks and, when ``out_steps ==
+in_steps``, the output layer predicts step ``t`` from the features at input step ``t``.
+
+When ``out_steps != in_steps`` the output layer is the paper's: its gated temporal conv spans the
+whole window (kernel ``in_steps``, no padding) down to one step, and the final 1x1 conv emits
+``out_steps x out_dim`` channels (for ``out_steps == 1`` exactly the paper's single-step layer).
+
+The graph convolution uses ``[T_0 .. T_{K-1}]`` of the scaled normalized Laplacian
+``2 L / lambda_max - I`` with ``L = I - D^-1/2 A D^-1/2`` (the paper's formula; GPT-ST's helper
+sets the diagonal of ``L`` to 1 even for graphs with self-loops).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptst.graph import GraphBundle, chebyshev_polynomials, scaled_laplacian
+from gptst.models.baselines.registry import register_baseline
+from gptst.params import StgcnParams
+
+
+class ChannelAlign(nn.Module):
+    """The residual path of a layer changing ``c_in`` to ``c_out`` channels: a 1x1 conv when
+    shrinking, zero-padding of the extra channels when growing, identity otherwise."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.c_in, self.c_out = c_in, c_out
+        self.reduce = nn.Conv2d(c_in, c_out, kernel_size=1) if c_in > c_out else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, N]
+        if self.reduce is not None:
+            return self.reduce(x)
+        if self.c_in < self.c_out:
+            return F.pad(x, (0, 0, 0, 0, 0, self.c_out - self.c_in))
+        return x
+
+
+class TemporalConv(nn.Module):
+    """Temporal convolution over ``[B, C, T, N]`` with a residual path: GLU (``(P + x) * sigmoid(Q)``),
+    sigmoid or ReLU. ``padding="same"`` keeps T (also for even kernels, one more step on the
+    right); ``"valid"`` shortens it by ``kernel - 1``."""
+
+    def __init__(self, kernel: int, c_in: int, c_out: int, activation: str, padding: str = "same") -> None:
+        super().__init__()
+        if activation not in ("glu", "sigmoid", "relu"):
+            raise ValueError(f"unknown activation {activation!r}")
+        self.activation, self.c_out = activation, c_out
+        left = (kernel - 1) // 2 if padding == "same" else 0
+        right = kernel - 1 - left if padding == "same" else 0
+        self.time_padding = (0, 0, left, right)
+        self.valid_crop = kernel - 1 if padding == "valid" else 0
+        self.align = ChannelAlign(c_in, c_out)
+        self.conv = nn.Conv2d(c_in, 2 * c_out if activation == "glu" else c_out, kernel_size=(kernel, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The residual is read at the last step of each receptive field ('valid'), or in place.
+        residual = self.align(x)[:, :, self.valid_crop :, :]
+        conv = self.conv(F.pad(x, self.time_padding))
+        if self.activation == "glu":
+            return (conv[:, : self.c_out] + residual) * torch.sigmoid(conv[:, self.c_out :])
+        if self.activation == "sigmoid":
+            return torch.sigmoid(conv + residual)
+        return torch.relu(conv + residual)
+
+
+class ChebGraphConv(nn.Module):
+    """Chebyshev graph convolution ``sum_k T_k X Theta_k + b`` with a residual path and ReLU."""
+
+    def __init__(self, polynomials: torch.Tensor, c_in: int, c_out: int) -> None:
+        super().__init__()
+        # The graph comes with the model's construction arguments, so it is not part of the weights.
+        self.register_buffer("polynomials", polynomials, persistent=False)  # [K, N, N]
+        order = polynomials.shape[0]
+        bound = 1.0 / math.sqrt(c_in * order)  # nn.Linear's default for fan_in = K * c_in
+        self.theta = nn.Parameter(torch.empty(order, c_in, c_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(c_out).uniform_(-bound, bound))
+        self.align = ChannelAlign(c_in, c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, N]
+        propagated = torch.einsum("knm,bctm->bkctn", self.polynomials, x)
+        out = torch.einsum("bkctn,kco->botn", propagated, self.theta) + self.bias[:, None, None]
+        return torch.relu(out + self.align(x))
+
+
+def _node_channel_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """Layer norm over (nodes, channels) jointly, as the paper, on ``[B, C, T, N]``."""
+    return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class STConvBlock(nn.Module):
+    """Gated temporal conv -> Chebyshev graph conv (bottleneck) -> temporal conv -> layer norm -> dropout."""
+
+    def __init__(
+        self, polynomials: torch.Tensor, num_nodes: int, c_in: int, c_mid: int, c_out: int, kernel_t: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.temporal_in = TemporalConv(kernel_t, c_in, c_mid, "glu")
+        self.spatial = ChebGraphConv(polynomials, c_mid, c_mid)
+        self.temporal_out = TemporalConv(kernel_t, c_mid, c_out, "relu")
+        self.norm = nn.LayerNorm((num_nodes, c_out))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.temporal_out(self.spatial(self.temporal_in(x)))
+        return self.dropout(_node_channel_norm(self.norm, x))
+
+
+class OutputLayer(nn.Module):
+    """Gated temporal conv -> layer norm -> sigmoid 1x1 temporal conv -> 1x1 conv to predictions.
+
+    ``out_steps == in_steps``: 'same' kernel ``kernel_t``, one prediction per step (GPT-ST).
+    Otherwise: kernel ``in_steps`` without padding to one step, then ``out_steps x out_dim``
+    channels (the paper's output layer with a multi-step head).
+    """
+
+    def __init__(
+        self, num_nodes: int, channels: int, in_steps: int, out_steps: int, out_dim: int, kernel_t: int
+    ) -> None:
+        super().__init__()
+        self.time_aligned = out_steps == in_steps
+        self.out_steps, self.out_dim = out_steps, out_dim
+        if self.time_aligned:
+            self.temporal = TemporalConv(kernel_t, channels, channels, "glu", padding="same")
+        else:
+            self.temporal = TemporalConv(in_steps, channels, channels, "glu", padding="valid")
+        self.norm = nn.LayerNorm((num_nodes, channels))
+        self.gate = TemporalConv(1, channels, channels, "sigmoid")
+        head_channels = out_dim if self.time_aligned else out_steps * out_dim
+        self.head = nn.Conv2d(channels, head_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T_in, N] -> [B, T_out, N, out_dim]
+        out = self.head(self.gate(_node_channel_norm(self.norm, self.temporal(x))))
+        if self.time_aligned:
+            return out.permute(0, 2, 3, 1)
+        batch, _, _, nodes = out.shape
+        return out.reshape(batch, self.out_steps, self.out_dim, nodes).transpose(2, 3)
+
+
+@register_baseline("stgcn")
+class STGCN(nn.Module):
+    """STGCN: ST-Conv blocks with 'same' temporal padding and an output layer;
+    ``[B, in_steps, N, in_dim] -> [B, out_steps, N, out_dim]``."""
+
+    def __init__(
+        self,
+        *,
+        num_nodes: int,
+        in_dim: int,
+        out_dim: int,
+        in_steps: int,
+        out_steps: int,
+        graph: GraphBundle,
+        params: StgcnParams,
+    ) -> None:
+        super().__init__()
+        self.in_steps, self.out_steps = in_steps, out_steps
+        polynomials = torch.from_numpy(chebyshev_polynomials(scaled_laplacian(graph.adj), params.cheb_k))
+        blocks = []
+        c_in = in_dim
+        for c_mid, c_out in params.block_channels:
+            blocks.append(STConvBlock(polynomials, num_nodes, c_in, c_mid, c_out, params.kernel_t, params.dropout))
+            c_in = c_out
+        self.blocks = nn.ModuleList(blocks)
+        self.output = OutputLayer(num_nodes, c_in, in_steps, out_steps, out_dim, params.output_kernel_t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.in_steps:
+            raise ValueError(f"expected {self.in_steps} input steps, got {x.shape[1]}")
+        h = x.permute(0, 3, 1, 2)  # [B, C, T, N]: convolutions run over (time, node)
+        for block in self.blocks:
+            h = block(h)
+        return self.output(h)

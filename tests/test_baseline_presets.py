@@ -1,0 +1,37 @@
+"""Every shipped preset builds every baseline of the default finetune list, in every variant,
+on the embedded week's graph (a preset that shrinks a model below its receptive field fails here,
+not an hour into `dvc repro`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptst.models.baselines import build_baseline
+from gptst.models.forecaster import VARIANTS, input_dim
+from gptst.params import load_params
+
+from .baseline_checks import week_graph
+from .conftest import REPO_ROOT
+
+PRESETS = sorted(p.stem for p in (REPO_ROOT / "presets").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_builds_every_default_baseline_in_every_variant(preset, week):
+    params = load_params(REPO_ROOT / "params.yaml", overrides={"preset": preset})
+    graph = week_graph(week)
+    x = torch.zeros(1, params.windows.t_in, len(week.node_ids), 1)
+    for name in params.finetune.baselines:
+        for variant in VARIANTS:
+            build_baseline(
+                name, num_nodes=len(week.node_ids), in_dim=input_dim(variant, 1, params.pretrain.model.hidden),
+                out_dim=1, in_steps=params.windows.t_in, out_steps=params.windows.t_out, graph=graph,
+                params=getattr(params.baselines, name),
+            )
+        with torch.no_grad():  # the plain variant's forward pass: shapes fit end to end
+            out = build_baseline(
+                name, num_nodes=len(week.node_ids), in_dim=1, out_dim=1, in_steps=params.windows.t_in,
+                out_steps=params.windows.t_out, graph=graph, params=getattr(params.baselines, name),
+            ).eval()(x)
+        assert out.shape == (1, params.windows.t_out, len(week.node_ids), 1), (preset, name)

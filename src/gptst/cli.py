@@ -7,8 +7,13 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gptst.errors import InputError
+
+if TYPE_CHECKING:
+    from gptst.graph import GraphBundle
+    from gptst.params import Params
 
 EXIT_BAD_INPUT = 2
 
@@ -43,6 +48,95 @@ def _cmd_outputs(args: argparse.Namespace) -> int:
     return print_outputs(Path(args.root))
 
 
+# The input widths a baseline is built for (gptst_random has gptst's width).
+BASELINE_VARIANTS = ("plain", "calendar", "gptst")
+
+
+def _processed_dir(params: Params) -> Path:
+    """``data/processed/<dataset.name>``, where the ingest and adjacency stages write (dvc.yaml)."""
+    return params.path(Path("data") / "processed" / params.dataset.name)
+
+
+def _shown(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _dataset_axes(params: Params, params_file: str | Path = "params.yaml") -> tuple[list[str], list[str], Path]:
+    """The dataset's node ids and channel names, and where they were read: the ingested series'
+    metadata when the ingest stage has run, else the raw series read as the ingest stage reads it."""
+    from gptst.data.ingest import to_series
+    from gptst.data.readers import read_raw_series
+    from gptst.data.series import read_series_metadata
+
+    series = _processed_dir(params) / "series.parquet"
+    if series.is_file():
+        meta = read_series_metadata(series)
+        return list(meta["node_ids"]), list(meta["channels"]), series
+    dataset = params.dataset
+    source = params.path(dataset.series)
+    raw = read_raw_series(
+        source,
+        h5_key=dataset.h5_key,
+        npz_key=dataset.npz_key,
+        timestamps_key=dataset.timestamps_key,
+        timestamp_column=dataset.timestamp_column,
+        channels=dataset.channels,
+    )
+    data = to_series(raw, dataset, source, params_file=str(params_file))
+    return data.node_ids, data.channels, source
+
+
+def _dataset_graph(params: Params, node_ids: list[str]) -> tuple[GraphBundle, Path]:
+    """The dataset's graph in series order, and where it was read: the adjacency stage's
+    ``adjacency.npz`` when it exists, else the raw graph file built as that stage builds it."""
+    from gptst.graph import GraphBundle, build_adjacency, load_adjacency
+
+    adjacency = _processed_dir(params) / "adjacency.npz"
+    if adjacency.is_file():
+        graph = load_adjacency(adjacency)
+        if graph.node_ids != list(node_ids):
+            raise InputError(adjacency, "node_ids", "not the series' nodes in the series' order: re-run the adjacency stage")
+        return graph, adjacency
+    source = params.path(params.dataset.graph)
+    adj, ids = build_adjacency(source, node_ids, params.graph)
+    return GraphBundle(adj=adj, node_ids=ids), source
+
+
+def _cmd_baselines(args: argparse.Namespace) -> int:
+    from gptst.models.baselines import build_baseline, parameter_count, registered_baselines
+    from gptst.models.forecaster import input_dim
+    from gptst.params import load_params
+
+    params = load_params(args.params)
+    node_ids, channels, series_source = _dataset_axes(params, args.params)
+    graph, graph_source = _dataset_graph(params, node_ids)
+    widths = [input_dim(v, len(channels), params.pretrain.model.hidden) for v in BASELINE_VARIANTS]
+    t_in, t_out = params.windows.t_in, params.windows.t_out
+    print(
+        f"{params.dataset.name}: {len(node_ids)} nodes, {len(channels)} channel{'s' if len(channels) > 1 else ''} "
+        f"({', '.join(channels)}), {t_in} -> {t_out} steps; series {_shown(series_source, params.root)}, "
+        f"graph {_shown(graph_source, params.root)}"
+    )
+    print("parameters of the baseline itself (a gptst variant's fusion layer and frozen encoder not included)")
+    print(f"{'baseline':<10}" + "".join(f"{f'{v} (in {w})':>18}" for v, w in zip(BASELINE_VARIANTS, widths, strict=True)))
+    for name in registered_baselines():
+        try:
+            counts = [
+                parameter_count(
+                    build_baseline(
+                        name, num_nodes=len(node_ids), in_dim=width, out_dim=len(channels), in_steps=t_in,
+                        out_steps=t_out, graph=graph, params=getattr(params.baselines, name),
+                    )
+                )
+                for width in widths
+            ]
+        except ValueError as err:  # a size this baseline refuses, e.g. more input steps than it sees
+            print(f"{name:<10}  not buildable at these sizes: {err}")
+            continue
+        print(f"{name:<10}" + "".join(f"{count:>18,}" for count in counts))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gptst`` console script."""
     parser = argparse.ArgumentParser(prog="gptst", description="GPT-ST pipeline tools")
@@ -51,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--show", action="store_true", help="print the resolved parameters as JSON")
     p.set_defaults(func=_cmd_params)
+    p = sub.add_parser("baselines", help="list the registered baselines with their parameter counts at the dataset's size")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(func=_cmd_baselines)
     p = sub.add_parser("outputs", help="list what the pipeline has produced (from dvc.lock)")
     p.add_argument("--root", default=".")
     p.set_defaults(func=_cmd_outputs)

@@ -263,3 +263,26 @@ def test_cached_and_on_the_fly_encoding_train_the_same_model(params, data, encod
     cached = finetune(one, data, "tgcn", "gptst", encoder_bundle=bundle, cache=cache, state_dir=tmp_path / "a")
     live = finetune(one, data, "tgcn", "gptst", encoder_bundle=load_encoder(encoder_file), state_dir=tmp_path / "b")
     assert cached.test["avg"]["mae"] == pytest.approx(live.test["avg"]["mae"], rel=1e-2)
+
+
+def test_gptst_predict_forecasts_a_split_from_a_bundle_alone(trained, data, params, series, tmp_path, capsys):
+    """`gptst predict` with only the bundle and a series writes the same test forecasts as training did."""
+    from gptst.cli import main
+    from gptst.data.series import write_series
+    from gptst.evaluation.predictions import read_predictions
+
+    result, _ = trained["calendar"]
+    model = save_forecaster_bundle(
+        tmp_path / "model.pt", result.forecaster, baseline="tgcn",
+        baseline_params=params.baselines.tgcn.model_dump(mode="json"), scaler=data.scaler, graph=data.graph,
+        channels=series.channels, t_in=12, t_out=12, freq=series.freq, dataset="metr-la-week",
+    )
+    parquet = write_series(tmp_path / "series.parquet", series)
+    code = main(["predict", "--model", str(model), "--series", str(parquet), "--out", str(tmp_path / "p.npz"),
+                 "--params", str(REPO_ROOT / "params.yaml")])
+    assert code == 0 and "tgcn/calendar: 380 test windows" in capsys.readouterr().out
+    written = read_predictions(tmp_path / "p.npz")
+    np.testing.assert_allclose(written.pred, result.test_pred, rtol=1e-5, atol=1e-4)
+    assert main(["predict", "--model", str(tmp_path / "nothing.pt"), "--series", str(parquet),
+                 "--out", str(tmp_path / "q.npz"), "--params", str(REPO_ROOT / "params.yaml")]) == 2
+    assert "nothing.pt" in capsys.readouterr().err and not (tmp_path / "q.npz").exists()

@@ -103,7 +103,11 @@ def _dataset_graph(params: Params, node_ids: list[str]) -> tuple[GraphBundle, Pa
 
 
 def _cmd_baselines(args: argparse.Namespace) -> int:
-    from gptst.models.baselines import build_baseline, parameter_count, registered_baselines
+    from gptst.models.baselines import (
+        build_baseline,
+        parameter_count,
+        registered_baselines,
+    )
     from gptst.models.forecaster import input_dim
     from gptst.params import load_params
 
@@ -137,6 +141,30 @@ def _cmd_baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from gptst.data.series import load_series
+    from gptst.device import resolve_device
+    from gptst.evaluation.predictions import write_predictions
+    from gptst.models.forecaster_bundle import load_forecaster
+    from gptst.params import load_params
+    from gptst.training.finetune import bundle_data, predict_windows
+
+    params = load_params(args.params)
+    device = resolve_device(params.device)
+    series = load_series(args.series)
+    bundle = load_forecaster(args.model, map_location=device)
+    data = bundle_data(bundle, params, series, source=args.model, device=device)
+    windows = data.splits[args.split]
+    table, pred = predict_windows(bundle.forecaster, data, windows, params.finetune.common.batch_size, keep=True)
+    write_predictions(args.out, pred, windows.starts, bundle.t_in, bundle.node_ids)
+    avg = table["avg"]
+    print(
+        f"{bundle.baseline}/{bundle.variant}: {len(windows)} {args.split} windows -> {args.out}; "
+        f"MAE {avg['mae']:.3f}, RMSE {avg['rmse']:.3f}, MAPE {avg['mape']:.2f}%"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gptst`` console script."""
     parser = argparse.ArgumentParser(prog="gptst", description="GPT-ST pipeline tools")
@@ -148,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("baselines", help="list the registered baselines with their parameter counts at the dataset's size")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=_cmd_baselines)
+    p = sub.add_parser("predict", help="forecast a split of a series with a forecaster bundle (file or models:/ URI)")
+    p.add_argument("--model", required=True, help="model.pt or models:/<baseline>-<dataset>@champion")
+    p.add_argument("--series", required=True, type=Path, help="canonical series.parquet")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--out", required=True, type=Path, help="predictions.npz to write")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(func=_cmd_predict)
     p = sub.add_parser("outputs", help="list what the pipeline has produced (from dvc.lock)")
     p.add_argument("--root", default=".")
     p.set_defaults(func=_cmd_outputs)

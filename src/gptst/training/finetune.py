@@ -256,13 +256,11 @@ def finetune(
     return FinetuneResult(forecaster, fit, val, test, test_pred, np.asarray(splits.test.starts))
 
 
-def score_forecaster(
+def bundle_data(
     bundle: ForecasterBundle, params: Params, series: SeriesData, *, source: str | Path = "data", device: str = "cpu"
-) -> float:
-    """The promotion score of a trained forecaster on the current data: ``promotion.metric``
-    pooled over all horizons on the promotion window (the last ``promotion.max_windows``
-    validation windows), with the bundle's own scaler. A bundle that does not fit the data
-    (nodes, window lengths, channels) is an :class:`InputError`."""
+) -> DownstreamData:
+    """The windows of ``series`` as a trained forecaster sees them (its own scaler and graph); a
+    bundle that does not fit the data (nodes, window lengths, channels) is an :class:`InputError`."""
     problems = []
     if bundle.node_ids != list(series.node_ids):
         problems.append(f"{len(bundle.node_ids)} nodes (model) vs {len(series.node_ids)} (data) or another order")
@@ -272,8 +270,17 @@ def score_forecaster(
         problems.append(f"channels {bundle.channels} (model) vs {list(series.channels)}")
     if problems:
         raise InputError(source, "model", f"{bundle.source} cannot be scored on this data: " + "; ".join(problems))
-    data = DownstreamData.prepare(params, series, bundle.graph, device, scaler=bundle.scaler)
-    windows = data.splits[params.promotion.window].last(params.promotion.max_windows)
     bundle.forecaster.to(device)
+    return DownstreamData.prepare(params, series, bundle.graph, device, scaler=bundle.scaler)
+
+
+def score_forecaster(
+    bundle: ForecasterBundle, params: Params, series: SeriesData, *, source: str | Path = "data", device: str = "cpu"
+) -> float:
+    """The promotion score of a trained forecaster on the current data: ``promotion.metric``
+    pooled over all horizons on the promotion window (the last ``promotion.max_windows``
+    validation windows)."""
+    data = bundle_data(bundle, params, series, source=source, device=device)
+    windows = data.splits[params.promotion.window].last(params.promotion.max_windows)
     table, _ = predict_windows(bundle.forecaster, data, windows, params.finetune.common.batch_size)
     return float(table["avg"][params.promotion.metric])

@@ -96,6 +96,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Clone:
     c.week_outputs = c.hashes("data/processed/metr-la-week")  # type: ignore[attr-defined]
     c.runs_after_first = c.mlflow_runs()  # type: ignore[attr-defined]
     c.versions_after_first = c.model_versions()  # type: ignore[attr-defined]
+    c.promotion_after_first = json.loads((root / "reports/metr-la-week/promotion.json").read_text())  # type: ignore[attr-defined]
     c.dvc("repro", name="second")
     c.runs_after_second = c.mlflow_runs()  # type: ignore[attr-defined]
     c.versions_after_second = c.model_versions()  # type: ignore[attr-defined]
@@ -152,7 +153,7 @@ def test_every_baseline_and_variant_is_registered_once_and_a_champion_chosen(clo
     with sqlite3.connect(clone.root / "mlruns.db") as db:
         aliases = dict(db.execute("SELECT name, version FROM registered_model_aliases WHERE alias = 'champion'"))
     assert set(aliases) >= {f"{b}-metr-la-week" for b in BASELINES}
-    decisions = json.loads((clone.root / "reports/metr-la-week/promotion.json").read_text())["decisions"]
+    decisions = clone.promotion_after_first["decisions"]  # type: ignore[attr-defined]
     assert [d["baseline"] for d in decisions] == list(BASELINES)
     assert all(d["promoted"] and d["champion_before"] is None for d in decisions)
 
@@ -184,6 +185,12 @@ def test_a_pre_training_change_re_runs_encode_and_finetune_gptst_but_not_finetun
     for stage in ("ingest", "adjacency", "validate"):
         assert f"Running stage '{stage}'" not in out
     # a new encoder, new gptst versions, nothing else
+    # promotion compared the new versions with the champions of the first run, on the same windows
+    decisions = json.loads((clone.root / "reports/metr-la-week/promotion.json").read_text())["decisions"]
+    first = {d["baseline"]: d["champion_after"] for d in clone.promotion_after_first["decisions"]}  # type: ignore[attr-defined]
+    for decision in decisions:
+        assert decision["champion_before"] == first[decision["baseline"]]
+        assert decision["champion_score"] is not None and decision["candidate_score"] is not None
     new = set(clone.versions_after_change) - set(clone.versions_after_first)
     assert ("gptst-encoder-metr-la-week", 2) in new
     assert {name for name, _ in new} <= {"gptst-encoder-metr-la-week", *(f"{b}-metr-la-week" for b in BASELINES)}

@@ -12,22 +12,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
-
 from gptst.cli import run_stage
 from gptst.data.series import load_series, read_series_metadata
 from gptst.device import resolve_device
 from gptst.errors import InputError
 from gptst.evaluation.predictions import write_predictions
 from gptst.graph import load_adjacency
-from gptst.io import atomic_path, sha256_file
+from gptst.io import sha256_file
 from gptst.models.encoded import EncodedCache
 from gptst.models.forecaster import ENCODER_VARIANTS, VARIANTS
 from gptst.models.forecaster_bundle import save_forecaster_bundle
 from gptst.models.gptst.bundle import load_encoder
 from gptst.params import load_params
+from gptst.reporting import write_curves
 from gptst.tracking import stage_run
-from gptst.tracking.registry import find_version, md5_file, register_version
+from gptst.tracking.registry import find_version, md5_file, register_stage_output
 from gptst.training.finetune import DownstreamData, finetune
 from gptst.training.metrics import mlflow_metric_keys, write_metrics_json
 
@@ -100,23 +99,13 @@ def main(argv: list[str] | None = None) -> int:
                     baseline=name, variant=variant, seed=params.seed, split=split, horizons=table,
                 )
                 mlflow.log_metrics(mlflow_metric_keys(split, table))
-            curves = pd.DataFrame(result.fit.history).drop(columns="seconds").rename(columns={"val_metric": "val_mae"})
-            curves["epoch"] = curves["epoch"].astype(int)
-            with atomic_path(args.reports / "curves.csv") as tmp:
-                curves.to_csv(tmp, index=False)
+            write_curves(result.fit.history, args.reports / "curves.csv")
             mlflow.log_metrics({"best_epoch": result.fit.best_epoch})
             mlflow.log_artifact(str(model_path), artifact_path="model")
-            registered = "not registered (tracking.register_models is false)"
-            if params.tracking.register_models:
-                version = register_version(
-                    f"{name}-{dataset}", f"model/{model_path.name}", run_id=run.info.run_id,
-                    dvc_md5=md5_file(model_path),
-                    tags={"baseline": name, "variant": variant, "dataset": dataset, "dataset_sha256": sha,
-                          "git_commit": run.data.tags.get("git_commit", ""), "preset": params.preset or "",
-                          "params_hash": params.digest(), **encoder_tags},
-                )
-                state = "registered as" if version.created else "already registered as"
-                registered = f"{state} {version.name} version {version.version}"
+            registered = register_stage_output(
+                f"{name}-{dataset}", model_path, "model", run, params,
+                {"baseline": name, "variant": variant, "dataset_sha256": sha, **encoder_tags},
+            )
         print(
             f"finetune {name}/{variant}: best epoch {result.fit.best_epoch}/{params.finetune.common.epochs}, "
             f"val MAE {result.val['avg']['mae']:.3f}, test MAE {result.test['avg']['mae']:.3f}; {registered}"

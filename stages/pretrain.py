@@ -13,18 +13,16 @@ import argparse
 import contextlib
 from pathlib import Path
 
-import pandas as pd
-
 from gptst.cli import run_stage
 from gptst.data.calendar import steps_per_day
 from gptst.data.series import load_series, read_series_metadata
 from gptst.device import resolve_device
-from gptst.io import atomic_path, write_json
+from gptst.io import write_json
 from gptst.models.gptst.bundle import save_encoder_bundle
 from gptst.params import load_params
-from gptst.reporting import plot_curves
+from gptst.reporting import plot_curves, write_curves
 from gptst.tracking import stage_run
-from gptst.tracking.registry import md5_file, register_version
+from gptst.tracking.registry import register_stage_output
 from gptst.training.pretrain import pretrain
 from gptst.training.trainer import Distributed
 
@@ -89,30 +87,16 @@ def main(argv: list[str] | None = None) -> int:
                 meta={"params_hash": params.digest(), "dataset_sha256": sha, "preset": params.preset or "",
                       "val_mae": result.val_mae, "best_epoch": result.fit.best_epoch},
             )
-            # Without wall-clock seconds the curves are deterministic (git-tracked; timings go to MLflow).
-            curves = pd.DataFrame(result.fit.history).drop(columns="seconds").rename(columns={"val_metric": "val_mae"})
-            curves["epoch"] = curves["epoch"].astype(int)
-            args.reports.mkdir(parents=True, exist_ok=True)
-            with atomic_path(args.reports / "curves.csv") as tmp:
-                curves.to_csv(tmp, index=False)
+            curves = write_curves(result.fit.history, args.reports / "curves.csv")
             plot_curves(curves, args.reports / "curves.png", title=f"GPT-ST pre-training, {params.dataset.name}")
             write_json(args.reports / "metrics.json", metrics)
             mlflow.log_metrics({"best_val_mae": result.val_mae, "val_mae_mixed_mask": result.val_mae_mixed_mask,
                                 "best_epoch": result.fit.best_epoch})
             mlflow.log_artifact(str(args.out), artifact_path="encoder")
             mlflow.log_artifact(str(args.reports / "curves.png"))
-            registered = "not registered (tracking.register_models is false)"
-            if params.tracking.register_models:
-                version = register_version(
-                    f"gptst-encoder-{params.dataset.name}",
-                    f"encoder/{args.out.name}",
-                    run_id=run.info.run_id,
-                    dvc_md5=md5_file(args.out),
-                    tags={"dataset": params.dataset.name, "dataset_sha256": sha, "preset": params.preset or "",
-                          "params_hash": params.digest(), "git_commit": run.data.tags.get("git_commit", "")},
-                )
-                state = "registered as" if version.created else "already registered as"
-                registered = f"{state} {version.name} version {version.version}"
+            registered = register_stage_output(
+                f"gptst-encoder-{params.dataset.name}", args.out, "encoder", run, params, {"dataset_sha256": sha}
+            )
         print(
             f"pretrain: best epoch {result.fit.best_epoch}/{params.pretrain.epochs}, val MAE {result.val_mae:.3f} "
             f"(mixed mask {result.val_mae_mixed_mask:.3f}); {args.out} {registered} (MLflow run {run.info.run_id})"

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gptst.data.calendar import calendar_features
 from gptst.data.scaler import StandardScaler
 from gptst.data.series import SeriesData
 from gptst.graph import GraphBundle, build_adjacency
@@ -58,6 +59,24 @@ def week_windows(
     x = np.stack([values[s : s + t_in] for s in starts])
     y = np.stack([values[s + t_in : s + t_in + t_out] for s in starts])
     return torch.from_numpy(scaler.transform(x)).float(), torch.from_numpy(y).float(), scaler
+
+
+def variant_inputs(week: SeriesData, x: torch.Tensor, in_dim: int) -> torch.Tensor:
+    """A variant's input for ``week_windows``' windows: the signal (in_dim 1: plain), + the 4 real
+    sin/cos calendar channels of the same windows (5: calendar), or ``in_dim`` channels derived
+    from the signal (like the fused GPT-ST input)."""
+    if in_dim == 1:
+        return x
+    windows, steps, nodes, _ = x.shape
+    if in_dim == 5:
+        starts = np.arange(windows) * 6  # week_windows' window starts
+        cal = calendar_features(week.timestamps)
+        cal = torch.from_numpy(np.stack([cal[s : s + steps] for s in starts]))  # [W, T, 4]
+        return torch.cat([x, cal[:, :, None, :].expand(windows, steps, nodes, 4)], dim=-1)
+    generator = torch.Generator().manual_seed(1)
+    projection = torch.randn(1, in_dim, generator=generator)
+    offset = torch.randn(in_dim, generator=generator)
+    return torch.tanh(x * projection + offset)
 
 
 def assert_forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scaler: StandardScaler) -> None:

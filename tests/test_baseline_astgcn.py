@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from gptst.data.calendar import calendar_features
 from gptst.graph import chebyshev_polynomials, scaled_laplacian
 from gptst.models.baselines import build_baseline
 from gptst.params import AstgcnParams
@@ -16,6 +15,7 @@ from .baseline_checks import (
     assert_forward_backward,
     assert_overfits,
     assert_reference_parameter_count,
+    variant_inputs,
     week_graph,
     week_windows,
 )
@@ -34,21 +34,6 @@ def _build(week, params: AstgcnParams = SMALL, *, in_dim: int = 1, in_steps: int
     )
 
 
-def _inputs(week, x: torch.Tensor, in_dim: int) -> torch.Tensor:
-    """The variant's input: the signal (plain), + 4 real sin/cos calendar channels of the same
-    windows (calendar), or 64 channels derived from the signal (like the fused GPT-ST input)."""
-    if in_dim == 1:
-        return x
-    windows, steps, nodes, _ = x.shape
-    if in_dim == 5:
-        starts = np.arange(windows) * 6  # week_windows' window starts
-        cal = calendar_features(week.timestamps)
-        cal = torch.from_numpy(np.stack([cal[s : s + steps] for s in starts]))  # [W, T, 4]
-        return torch.cat([x, cal[:, :, None, :].expand(windows, steps, nodes, 4)], dim=-1)
-    generator = torch.Generator().manual_seed(1)
-    projection = torch.randn(1, in_dim, generator=generator)
-    offset = torch.randn(in_dim, generator=generator)
-    return torch.tanh(x * projection + offset)
 
 
 @pytest.mark.parametrize("in_dim", [1, 5, 64], ids=["plain", "calendar", "gptst"])
@@ -57,7 +42,7 @@ def test_forward_backward_on_real_windows_reaches_every_parameter(week, in_dim):
     attention matrix and bias (dropout on)."""
     x, y, scaler = week_windows(week, windows=4, nodes=NODES)
     model = _build(week, SMALL.model_copy(update={"dropout": 0.3}), in_dim=in_dim)
-    assert_forward_backward(model, _inputs(week, x, in_dim), y, scaler)
+    assert_forward_backward(model, variant_inputs(week, x, in_dim), y, scaler)
 
 
 @pytest.mark.parametrize(("in_steps", "out_steps"), [(6, 3), (12, 6), (24, 12)])
@@ -72,7 +57,7 @@ def test_other_window_lengths(week, in_steps, out_steps):
 
 
 @pytest.mark.parametrize("in_dim", [5, 64], ids=["calendar", "gptst"])
-def test_attention_trains_at_full_size_with_wide_inputs(week, in_dim):
+def test_attention_trains_at_full_size_with_widevariant_inputs(week, in_dim):
     """On all 207 METR-LA sensors with the default filters, the calendar and GPT-ST inputs leave
     the attention logits unsaturated: every attention weight gets a gradient. (With the authors'
     U(0, 1) attention vectors the temporal attention's sigmoid saturates here and its weights
@@ -84,7 +69,7 @@ def test_attention_trains_at_full_size_with_wide_inputs(week, in_dim):
         "astgcn", num_nodes=nodes, in_dim=in_dim, out_dim=1, in_steps=12, out_steps=12,
         graph=week_graph(week), params=AstgcnParams(),
     )
-    assert_forward_backward(model, _inputs(week, x, in_dim), y, scaler)
+    assert_forward_backward(model, variant_inputs(week, x, in_dim), y, scaler)
 
 
 def test_attention_rows_are_distributions_over_sources(week):

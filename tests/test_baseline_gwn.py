@@ -3,11 +3,9 @@ over the adaptive adjacency (GPT-ST) or transitions + adaptive (paper), skips, e
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from gptst.data.calendar import calendar_features
 from gptst.graph import double_transition
 from gptst.models.baselines import build_baseline
 from gptst.params import GwnParams
@@ -16,6 +14,7 @@ from .baseline_checks import (
     assert_forward_backward,
     assert_overfits,
     assert_reference_parameter_count,
+    variant_inputs,
     week_graph,
     week_windows,
 )
@@ -34,21 +33,6 @@ def _build(week, params: GwnParams = SMALL, *, in_dim: int = 1, in_steps: int = 
     )
 
 
-def _inputs(week, x: torch.Tensor, in_dim: int) -> torch.Tensor:
-    """The variant's input: the signal (plain), + 4 real sin/cos calendar channels of the same
-    windows (calendar), or 64 channels derived from the signal (like the fused GPT-ST input)."""
-    if in_dim == 1:
-        return x
-    windows, steps, nodes, _ = x.shape
-    if in_dim == 5:
-        starts = np.arange(windows) * 6  # week_windows' window starts
-        cal = calendar_features(week.timestamps)
-        cal = torch.from_numpy(np.stack([cal[s : s + steps] for s in starts]))  # [W, T, 4]
-        return torch.cat([x, cal[:, :, None, :].expand(windows, steps, nodes, 4)], dim=-1)
-    generator = torch.Generator().manual_seed(1)
-    projection = torch.randn(1, in_dim, generator=generator)
-    offset = torch.randn(in_dim, generator=generator)
-    return torch.tanh(x * projection + offset)
 
 
 @pytest.mark.parametrize("in_dim", [1, 5, 64], ids=["plain", "calendar", "gptst"])
@@ -57,7 +41,7 @@ def test_forward_backward_on_real_windows_reaches_every_parameter(week, in_dim):
     node-embedding tables of the adaptive adjacency (dropout 0.3 on, the GPT-ST setting)."""
     x, y, scaler = week_windows(week, windows=4, nodes=NODES)
     model = _build(week, in_dim=in_dim)
-    assert_forward_backward(model, _inputs(week, x, in_dim), y, scaler)
+    assert_forward_backward(model, variant_inputs(week, x, in_dim), y, scaler)
 
 
 def test_paper_preset_uses_forward_and_backward_transitions_plus_adaptive(week):

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from gptst.data.calendar import calendar_features
 from gptst.graph import normalized_adjacency
 from gptst.models.baselines import build_baseline
 from gptst.params import TgcnParams
@@ -16,6 +15,7 @@ from .baseline_checks import (
     assert_forward_backward,
     assert_overfits,
     assert_reference_parameter_count,
+    variant_inputs,
     week_graph,
     week_windows,
 )
@@ -33,21 +33,6 @@ def _build(week, params: TgcnParams = SMALL, *, in_dim: int = 1, in_steps: int =
     )
 
 
-def _inputs(week, x: torch.Tensor, in_dim: int) -> torch.Tensor:
-    """The variant's input: the signal (plain), + 4 real sin/cos calendar channels of the same
-    windows (calendar), or 64 channels derived from the signal (like the fused GPT-ST input)."""
-    if in_dim == 1:
-        return x
-    windows, steps, nodes, _ = x.shape
-    if in_dim == 5:
-        starts = np.arange(windows) * 6  # week_windows' window starts
-        cal = calendar_features(week.timestamps)
-        cal = torch.from_numpy(np.stack([cal[s : s + steps] for s in starts]))  # [W, T, 4]
-        return torch.cat([x, cal[:, :, None, :].expand(windows, steps, nodes, 4)], dim=-1)
-    generator = torch.Generator().manual_seed(1)
-    projection = torch.randn(1, in_dim, generator=generator)
-    offset = torch.randn(in_dim, generator=generator)
-    return torch.tanh(x * projection + offset)
 
 
 @pytest.mark.parametrize("in_dim", [1, 5, 64], ids=["plain", "calendar", "gptst"])
@@ -55,7 +40,7 @@ def test_forward_backward_on_real_windows_reaches_every_parameter(week, in_dim):
     """Output [B, 12, N, 1], finite, and a non-zero gradient for every weight (dropout 0.3 on)."""
     x, y, scaler = week_windows(week, windows=4, nodes=NODES)
     model = _build(week, SMALL.model_copy(update={"dropout": 0.3}), in_dim=in_dim)
-    assert_forward_backward(model, _inputs(week, x, in_dim), y, scaler)
+    assert_forward_backward(model, variant_inputs(week, x, in_dim), y, scaler)
 
 
 @pytest.mark.parametrize(("in_steps", "out_steps"), [(6, 3), (12, 6), (24, 12)])
@@ -71,7 +56,7 @@ def test_hidden_state_has_the_configured_size_per_node(week):
     x, _, _ = week_windows(week, windows=2, nodes=NODES)
     model = _build(week, TgcnParams(), in_dim=5)
     with torch.no_grad():
-        h = model.encode(_inputs(week, x, 5))
+        h = model.encode(variant_inputs(week, x, 5))
     assert h.shape == (2, NODES, 100)
     assert model.cell.gates.weight.shape == (2 * 100, 5 + 100)
     assert model.cell.candidate.weight.shape == (100, 5 + 100)

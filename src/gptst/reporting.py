@@ -62,6 +62,24 @@ def print_outputs(root: Path) -> int:
     return 0
 
 
+def write_curves(history: list[dict[str, float]], path: Path):
+    """The trainer's per-epoch history as ``curves.csv`` (DVC plots), returned as a DataFrame.
+
+    Without wall-clock seconds the file is deterministic (timings go to MLflow); the selection
+    metric is named ``val_mae``.
+    """
+    import pandas as pd
+
+    from gptst.io import atomic_path
+
+    curves = pd.DataFrame(history).drop(columns="seconds").rename(columns={"val_metric": "val_mae"})
+    curves["epoch"] = curves["epoch"].astype(int)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        curves.to_csv(tmp, index=False)
+    return curves
+
+
 def plot_curves(curves, path: Path, title: str = "") -> Path:
     """Render per-epoch training curves (every ``train_*`` loss column and ``val_*``) to a PNG."""
     import matplotlib

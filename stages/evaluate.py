@@ -19,7 +19,11 @@ import pandas as pd
 from gptst.cli import run_stage
 from gptst.data.series import SeriesData, load_series, read_series_metadata
 from gptst.errors import InputError
-from gptst.evaluation.bootstrap import BootstrapResult, bootstrap_markdown, paired_bootstrap
+from gptst.evaluation.bootstrap import (
+    BootstrapResult,
+    bootstrap_markdown,
+    paired_bootstrap,
+)
 from gptst.evaluation.breakdown import (
     SENSOR_COLUMNS,
     TIME_OF_DAY_COLUMNS,

@@ -58,3 +58,27 @@ ui: $(STAMP)
 bench: $(STAMP)
 	python bench/ingest_memory.py
 	python bench/pretrain_speed.py
+
+# Orchestration (Prefect): a server on 127.0.0.1, one worker per GPU, the deployments of prefect.yaml.
+#   make server                      Prefect API and UI on http://127.0.0.1:$(PREFECT_PORT)
+#   make worker GPU=k                a worker of the work pool (orchestration.work_pool) that sees GPU k only
+#   make deploy [CRON="0 3 * * 1"]   work pool + deployments; the cron defaults to orchestration.retrain_cron
+PREFECT_PORT ?= 4200
+GPU ?= 0
+GPTST_WORKSPACE ?= $(CURDIR)
+
+.PHONY: server worker deploy
+
+worker deploy: export PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+
+server: $(STAMP)
+	@echo "Prefect UI and API: http://127.0.0.1:$(PREFECT_PORT)  (state: $(PREFECT_HOME))"
+	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+# One run at a time per worker (its GPU); flow runs execute in GPTST_WORKSPACE, this checkout by default.
+worker: $(STAMP)
+	CUDA_VISIBLE_DEVICES=$(GPU) GPTST_WORKSPACE=$(GPTST_WORKSPACE) prefect worker start \
+	  --pool "$$(python -m flows.deploy --work-pool)" --type process --name "gpu-$(GPU)-$$(hostname)" --limit 1
+
+deploy: $(STAMP)
+	python -m flows.deploy $(if $(CRON),--cron "$(CRON)")

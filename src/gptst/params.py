@@ -398,18 +398,46 @@ class TrackingParams(_Section):
 
 
 class OrchestrationParams(_Section):
+    """Prefect (``flows/``): the retraining schedule, the GPU work pool, task retries and timeouts.
+    DVC tracks none of it, so editing it never re-runs a stage."""
+
     retrain_cron: str = "0 3 * * 1"
-    work_pool: str = "gpu"
-    gpus: int = Field(1, ge=1)
-    task_retries: int = Field(2, ge=0)
+    timezone: str = Field("UTC", description="time zone of retrain_cron (IANA name)")
+    work_pool: str = Field("gpu", min_length=1)
+    gpus: int = Field(1, ge=1, description="the work pool's concurrency limit: one flow run per GPU")
+    task_retries: int = Field(2, ge=0, description="retries of a failed stage (not for bad input or invalid data)")
     retry_delay_seconds: int = Field(30, ge=0)
-    timeouts_seconds: dict[str, int] = {"default": 3600, "pretrain": 172800, "finetune": 86400}
+    timeouts_seconds: dict[str, int] = Field(
+        {"default": 3600, "pretrain": 172800, "finetune": 86400},
+        description="per stage name (finetune: every finetune item), else default",
+    )
 
     @field_validator("retrain_cron")
     @classmethod
     def _cron_fields(cls, v: str) -> str:
         if len(v.split()) != 5:
             raise ValueError(f"{v!r} is not a 5-field cron expression")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{v!r} is not an IANA time zone ('UTC', 'Europe/Paris')") from None
+        return v
+
+    @field_validator("timeouts_seconds")
+    @classmethod
+    def _positive_timeouts(cls, v: dict[str, int]) -> dict[str, int]:
+        if "default" not in v:
+            raise ValueError("needs a 'default' entry (seconds) for the stages not listed")
+        bad = {k: t for k, t in v.items() if t <= 0}
+        if bad:
+            raise ValueError(f"timeouts must be positive seconds: {bad}")
         return v
 
 

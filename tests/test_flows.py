@@ -1,0 +1,610 @@
+"""Prefect orchestration (flows/): params applied to params.yaml, the DVC stage graph, retries and
+timeouts of the stage tasks, the raw-data sync; end to end in a temporary clone (tiny preset, T-GCN):
+the pipeline flow, a scheduled `retrain-<dataset>` deployment on a real Prefect server and worker,
+scale-out through a local DVC remote, and invalid data stopped at validate.
+
+One Prefect test server for the whole session (prefect_test_harness, ~16 s)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gptst.errors import InputError
+
+from .conftest import REPO_ROOT
+from .pipeline_clone import GIT_IDENTITY, Clone, make_clone
+
+DATASET = "metr-la-week"
+STAGES = [
+    "ingest", "adjacency", "validate", "pretrain", "encode",
+    "finetune@tgcn-plain", "finetune@tgcn-calendar", "finetune_gptst@tgcn-gptst", "finetune_gptst@tgcn-gptst_random",
+    "evaluate", "promote",
+]
+RAW = "data/raw/metr-la-week/metr-la-week.h5"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def prefect_client():
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def task_runs_of(flow_run_ids: list) -> list:
+    """Task runs of these flow runs, oldest first (not the placeholders Prefect adds for subflows)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with prefect_client() as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)), sort=TaskRunSort.EXPECTED_START_TIME_ASC
+        )
+    return [r for r in runs if r.state is None or r.state.state_details.child_flow_run_id is None]
+
+
+def subflow_ids(flow_run_id) -> list:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with prefect_client() as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+        )
+    return [r.id for r in runs]
+
+
+def task_log(task_run_id) -> str:
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # logs travel in batches
+    with prefect_client() as client:
+        logs = client.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run_id])), limit=200)
+    return "\n".join(log.message for log in logs)
+
+
+# ------------------------------------------------------------------------------ parameters
+@pytest.fixture
+def params_copy(tmp_path: Path) -> Path:
+    """A copy of the project's params.yaml and presets."""
+    shutil.copy2(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(REPO_ROOT / "presets", tmp_path / "presets")
+    return tmp_path
+
+
+def test_flow_parameters_are_written_into_params_yaml_with_its_comments(params_copy: Path):
+    """apply_params sets dotted keys, the preset and the finetune matrix; comments and one-line
+    mappings survive; the same values again change nothing."""
+    from flows.dvc_ops import apply_params, read_params
+
+    changed = apply_params(params_copy, preset="tiny", baselines=["tgcn"],
+                           overrides={"dataset.split": {"train": 0.6, "val": 0.2, "test": 0.2}, "dataset.freq": "5min"})
+    assert changed == {"preset": "tiny", "finetune.baselines": ["tgcn"], "dataset.freq": "5min",
+                       "dataset.split": {"train": 0.6, "val": 0.2, "test": 0.2}}
+    params = read_params(params_copy)
+    assert params.preset == "tiny" and params.finetune.baselines == ["tgcn"]
+    assert params.dataset.split.train == 0.6 and params.dataset.freq == "5min"
+    text = (params_copy / "params.yaml").read_text()
+    assert "baselines: [tgcn]" in text and "# the finetune matrix (DVC reads it from this file)" in text
+    assert "  bounds: null" in text  # untouched nulls stay `null`
+    assert "gwn: {loss: mae, huber_delta: 1.0, dropout: 0.3, graph: adaptive, residual_channels: 32," in text
+    assert apply_params(params_copy, preset="tiny", baselines=["tgcn"]) == {}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "problem"),
+    [
+        ({"dataset.nmae": "x"}, "dataset.nmae", "unknown key"),
+        ({"dataset.split": {"train": 0.9, "val": 0.1, "test": 0.2}}, "dataset.split", "sum to 1"),
+        ({"pretrain.epochs": 7}, "pretrain.epochs", "presets/cpu.yaml"),
+    ],
+)
+def test_a_bad_or_preset_masked_parameter_leaves_params_yaml_untouched(params_copy, overrides, field, problem):
+    """Invalid values and keys the preset would override are refused with the key named; the file
+    and its folder are as before (no temp file left)."""
+    from flows.dvc_ops import apply_params
+
+    before = (params_copy / "params.yaml").read_bytes()
+    with pytest.raises(InputError) as err:
+        apply_params(params_copy, overrides=overrides)
+    assert err.value.field.startswith(field) and problem in str(err.value)
+    assert err.value.source == str(params_copy / "params.yaml")
+    assert (params_copy / "params.yaml").read_bytes() == before
+    assert sorted(p.name for p in params_copy.iterdir()) == ["params.yaml", "presets"]
+
+
+# ---------------------------------------------------------------------- a small DVC project
+FLAKY = """import pathlib, sys
+attempts = pathlib.Path("attempts.txt")
+attempts.write_text(attempts.read_text() + "x" if attempts.exists() else "x")
+if len(attempts.read_text()) == 1:
+    sys.exit("transient failure")
+pathlib.Path("flaky.out").write_text("done")
+"""
+BAD_INPUT = """import pathlib, sys
+with open("bad_attempts.txt", "a") as fh:
+    fh.write("x")
+print("error: in.txt: value: not a number", file=sys.stderr)
+sys.exit(2)
+"""
+SLEEPY = """import os, pathlib, time
+pathlib.Path("sleepy.pid").write_text(str(os.getpid()))
+time.sleep(120)
+"""
+SMALL_DVC_YAML = """stages:
+  flaky: {cmd: python flaky.py, deps: [flaky.py], outs: [flaky.out]}
+  bad_input: {cmd: python bad.py, deps: [bad.py], outs: [bad.out]}
+  sleepy: {cmd: python sleepy.py, deps: [sleepy.py], outs: [sleepy.out]}
+"""
+
+
+@pytest.fixture
+def small_project(tmp_path: Path) -> Path:
+    """git + DVC project with a stage that fails once, one that always fails on bad input (exit 2),
+    and one that sleeps."""
+    env = {**os.environ, **GIT_IDENTITY, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, env=env)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True, env=env)
+    for name, text in {"flaky.py": FLAKY, "bad.py": BAD_INPUT, "sleepy.py": SLEEPY, "dvc.yaml": SMALL_DVC_YAML}.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def stage_node(address: str):
+    from flows.dvc_ops import StageNode
+
+    return StageNode(address, address, frozenset())
+
+
+def test_a_stage_that_fails_once_is_retried_and_then_succeeds(prefect_harness, small_project: Path):
+    """The stage task retries a failure that is not bad input: attempt 1 fails, attempt 2 succeeds."""
+    from prefect import flow
+
+    from flows.pipeline import stage_task
+    from gptst.params import OrchestrationParams
+
+    orchestration = OrchestrationParams(task_retries=2, retry_delay_seconds=0)
+
+    @flow
+    def one_stage() -> str:
+        return stage_task(stage_node("flaky"), orchestration)(str(small_project), "flaky", timeout=60)
+
+    state = one_stage(return_state=True)
+    assert state.is_completed() and state.result() == "ran"
+    assert (small_project / "attempts.txt").read_text() == "xx"
+    assert (small_project / "flaky.out").read_text() == "done"
+    [run] = task_runs_of([state.state_details.flow_run_id])
+    assert run.name == "flaky" and run.run_count == 2 and run.state.is_completed()
+    assert "transient failure" in task_log(run.id)
+
+
+def test_bad_input_fails_the_stage_without_a_retry(prefect_harness, small_project: Path):
+    """A stage exiting with the bad-input code (2) fails at once: retrying cannot fix the input."""
+    from prefect import flow
+
+    from flows.dvc_ops import DvcCommandError
+    from flows.pipeline import stage_task
+    from gptst.params import OrchestrationParams
+
+    orchestration = OrchestrationParams(task_retries=2, retry_delay_seconds=0)
+
+    @flow
+    def one_stage() -> str:
+        return stage_task(stage_node("bad_input"), orchestration)(str(small_project), "bad_input", timeout=60)
+
+    state = one_stage(return_state=True)
+    assert state.is_failed()
+    with pytest.raises(DvcCommandError) as err:
+        state.result()
+    assert err.value.command_exit_code == 2 and not err.value.transient
+    assert "in.txt: value: not a number" in str(err.value)
+    assert (small_project / "bad_attempts.txt").read_text() == "x"
+
+
+def test_a_stage_over_its_timeout_is_killed_with_its_command(small_project: Path):
+    """run_dvc stops `dvc repro` and the stage's own process at the timeout."""
+    import psutil
+
+    from flows.dvc_ops import DvcCommandError, run_dvc
+
+    started = time.monotonic()
+    with pytest.raises(DvcCommandError) as err:
+        run_dvc(small_project, "repro", "--single-item", "sleepy", timeout=5, stage="sleepy")
+    assert time.monotonic() - started < 40
+    assert err.value.timed_out == 5 and err.value.transient and "timeout of 5 s" in str(err.value)
+    sleeper = int((small_project / "sleepy.pid").read_text())
+    wait_until(lambda: not psutil.pid_exists(sleeper) or psutil.Process(sleeper).status() == psutil.STATUS_ZOMBIE,
+               10, "the stage's process to end", interval=0.2)
+
+
+def test_the_raw_data_sync_updates_an_import_to_its_new_version(prefect_harness, tmp_path: Path):
+    """New data arriving at an imported file's source reaches the workspace through `dvc update`."""
+    from prefect import flow
+
+    from flows.retrain import sync_raw_data
+
+    upstream, project = tmp_path / "upstream", tmp_path / "project"
+    upstream.mkdir()
+    (upstream / "series.csv").write_text("t,a\n0,1\n")
+    env = {**os.environ, **GIT_IDENTITY, "DVC_NO_ANALYTICS": "1"}
+    project.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True, env=env)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=project, check=True, env=env)
+    subprocess.run([sys.executable, "-m", "dvc", "import-url", "-q", str(upstream / "series.csv"), "series.csv"],
+                   cwd=project, check=True, env=env)
+    (upstream / "series.csv").write_text("t,a\n0,1\n1,2\n")
+
+    @flow
+    def sync() -> dict[str, str]:
+        return sync_raw_data(str(project))
+
+    assert sync() == {"series.csv.dvc": "updated"}
+    assert (project / "series.csv").read_text() == "t,a\n0,1\n1,2\n"
+
+
+# --------------------------------------------------------------------------- the workspace
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Clone:
+    """The project in a temporary git repository (tiny preset), the raw series tracked by DVC (as a
+    full dataset would be) and a local-directory DVC remote holding it."""
+    base = tmp_path_factory.mktemp("flows")
+    clone = make_clone(base / "gptst", preset="tiny")
+    clone.run("git", "rm", "-q", "--cached", RAW)
+    clone.dvc("add", "-q", RAW)
+    clone.dvc("remote", "add", "-d", "storage", str(base / "dvc-remote"))
+    clone.run("git", "add", f"{RAW}.dvc", str(Path(RAW).parent / ".gitignore"), ".dvc/config")
+    clone.run("git", "commit", "-q", "-m", "raw series tracked by DVC; local remote")
+    clone.dvc("push", "-q", f"{RAW}.dvc")
+    return clone
+
+
+@pytest.fixture
+def clone_environment(workspace: Clone):
+    """DVC settings of the clone for flows run in this process (their `dvc` subprocesses inherit them)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("DVC_SITE_CACHE_DIR", *GIT_IDENTITY):
+            mp.setenv(key, workspace.env[key])
+        mp.delenv("GPTST_ROOT", raising=False)
+        yield
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(prefect_harness, workspace: Clone) -> dict:
+    """The pipeline flow on the workspace: T-GCN only and reports at horizons 3 and 12 (flow parameters)."""
+    from flows.pipeline import pipeline
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("DVC_SITE_CACHE_DIR", *GIT_IDENTITY):
+            mp.setenv(key, workspace.env[key])
+        state = pipeline(workspace=str(workspace.root), baselines=["tgcn"], preset="tiny",
+                         overrides={"metrics.horizons": [3, 12]}, tracking_uri=workspace.tracking_uri,
+                         return_state=True)
+    return {"state": state, "versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}
+
+
+@pytest.mark.slow
+def test_the_pipeline_flow_runs_every_dvc_stage_as_a_task_in_dag_order(pipeline_run, workspace: Clone):
+    """Flow parameters land in params.yaml; each stage (each finetune item) is one completed task, in
+    DAG order, and every stage ran."""
+    state = pipeline_run["state"]
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["params_changed"] == {"finetune.baselines": ["tgcn"], "metrics.horizons": [3, 12]}
+    assert list(summary["stages"]) == STAGES and set(summary["stages"].values()) == {"ran"}
+    runs = task_runs_of([state.state_details.flow_run_id])
+    assert [r.name for r in runs] == STAGES and all(r.state.is_completed() for r in runs)
+    assert (workspace.root / "reports" / DATASET / "comparison.md").is_file()
+    stages = [stage for experiment, stage in pipeline_run["runs"] if experiment == f"gptst-{DATASET}"]
+    assert stages[:4] == ["ingest", "adjacency", "validate", "pretrain"] and stages[-1] == "promote"
+    assert sorted(pipeline_run["versions"]) == [(f"gptst-encoder-{DATASET}", 1)] + [(f"tgcn-{DATASET}", v) for v in range(1, 5)]
+
+
+@pytest.mark.slow
+def test_each_task_log_holds_its_stages_dvc_output(pipeline_run):
+    """The pretrain task's log is the DVC stage's output: the command and its per-epoch lines."""
+    runs = {r.name: r for r in task_runs_of([pipeline_run["state"].state_details.flow_run_id])}
+    log = task_log(runs["pretrain"].id)
+    assert "Running stage 'pretrain'" in log and "epoch 1/3" in log and "stage pretrain: ran" in log
+
+
+@pytest.mark.slow
+def test_the_comparison_table_is_published_as_a_markdown_artifact(pipeline_run):
+    """comparison.md becomes the artifact comparison-<dataset>, at the horizons the flow asked for;
+    the promotion decisions become promotion-<dataset>."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    assert pipeline_run["state"].result()["artifacts"] == {"comparison": f"comparison-{DATASET}",
+                                                          "promotion": f"promotion-{DATASET}"}
+    with prefect_client() as client:
+        [comparison] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"comparison-{DATASET}"])))
+        [promotion] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"promotion-{DATASET}"])))
+    assert comparison.type == "markdown" and "| tgcn" in comparison.data
+    assert "### Horizon 3" in comparison.data and "### Horizon 12" in comparison.data
+    assert "### Horizon 6" not in comparison.data
+    assert f"| tgcn-{DATASET} | yes | promoted version" in promotion.data
+
+
+# ------------------------------------------------------------- real server, worker, deploy
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the group led by ``proc`` (started in a new session), SIGKILL if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=20)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class Api:
+    """The REST API of the real server (plain HTTP: the test harness owns this process's settings)."""
+
+    def __init__(self, url: str) -> None:
+        import httpx
+
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=30)
+
+    def get(self, path: str):
+        response = self.http.get(path)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, path: str, body: dict):
+        response = self.http.post(path, json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def healthy(self) -> bool:
+        try:
+            return self.http.get("/health").status_code == 200
+        except Exception:  # noqa: BLE001  (not up yet)
+            return False
+
+    def logs(self, flow_run_ids: list[str]) -> list[str]:
+        messages, offset = [], 0
+        while True:
+            page = self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": flow_run_ids}}, "limit": 200,
+                                              "offset": offset, "sort": "TIMESTAMP_ASC"})
+            messages += [log["message"] for log in page]
+            if len(page) < 200:
+                return messages
+            offset += 200
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 2.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def scheduled_retrain(pipeline_run, workspace: Clone, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`make server`, `make deploy CRON="* * * * *"` and `make worker` in the workspace: the first
+    scheduled run of retrain-<dataset> is awaited (bounded), then worker and server are stopped by PID."""
+    root = workspace.root
+    venv = Path(sys.executable).parent.parent
+    if not (root / ".venv").exists():
+        (root / ".venv").symlink_to(venv)  # the make targets use this interpreter
+    port = free_port()
+    api = Api(f"http://127.0.0.1:{port}/api")
+    env = {k: v for k, v in workspace.env.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="5")
+    logs = tmp_path_factory.mktemp("prefect-logs")
+    make = ["make", "--no-print-directory", "-o", ".venv/.installed", f"PREFECT_PORT={port}"]
+    before = {"versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}
+    started: list[subprocess.Popen] = []
+
+    def start(target: str, *args: str) -> subprocess.Popen:
+        out = open(logs / f"{target}.log", "w")  # noqa: SIM115  (closed with the process)
+        proc = subprocess.Popen([*make, target, *args], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        started.append(proc)
+        return proc
+
+    try:
+        start("server")
+        wait_until(api.healthy, 180, f"the Prefect server on port {port}")
+        deploy = subprocess.run([*make, "deploy", "CRON=* * * * *"], cwd=root, env=env, capture_output=True,
+                                text=True, timeout=300, check=False)
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        deployment = api.get(f"/deployments/name/retrain/retrain-{DATASET}")
+        start("worker", "GPU=0")
+
+        def finished_run():
+            runs = api.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}})
+            done = [r for r in runs if r["state"] and r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")]
+            return done[0] if done else None
+
+        run = wait_until(finished_run, 300, "a scheduled retrain run to finish")
+        flow_runs = api.post("/flow_runs/filter", {})
+        ids = [r["id"] for r in flow_runs]
+        if run["state"]["type"] == "COMPLETED":  # its last log lines may still be on their way
+            wait_until(lambda: any(m.startswith(f"stage {STAGES[-1]}:") for m in api.logs(ids)), 60, "the last log")
+        stop_process_group(started[-1])  # the worker: no second scheduled run
+        task_runs = [
+            t for t in api.post("/task_runs/filter", {"flow_runs": {"id": {"any_": ids}}, "sort": "EXPECTED_START_TIME_ASC"})
+            if not t["state"]["state_details"].get("child_flow_run_id")  # not the pipeline subflow's placeholder
+        ]
+        collected = {
+            "deploy": deploy.stdout, "deployment": deployment, "run": run, "flow_runs": flow_runs,
+            "task_runs": task_runs, "logs": api.logs(ids), "pool": api.get("/work_pools/gpu"),
+        }
+    finally:
+        for proc in reversed(started):
+            stop_process_group(proc)
+    return {**collected, "before": before, "servers": started, "api": api,
+            "after": {"versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}}
+
+
+@pytest.mark.slow
+def test_make_deploy_creates_the_scheduled_retrain_deployment_on_the_gpu_work_pool(scheduled_retrain):
+    """prefect.yaml deployed by `make deploy`: retrain-<dataset> with the cron passed to make, on a
+    process pool whose concurrency limit is orchestration.gpus."""
+    deployment, pool = scheduled_retrain["deployment"], scheduled_retrain["pool"]
+    assert deployment["name"] == f"retrain-{DATASET}" and deployment["work_pool_name"] == "gpu"
+    assert deployment["entrypoint"] == "flows/retrain.py:retrain"
+    [schedule] = deployment["schedules"]
+    assert schedule["schedule"]["cron"] == "* * * * *" and schedule["schedule"]["timezone"] == "UTC"
+    assert pool["type"] == "process" and pool["concurrency_limit"] == 1
+    assert "created work pool 'gpu'" in scheduled_retrain["deploy"]
+
+
+@pytest.mark.slow
+def test_a_scheduled_retrain_with_unchanged_data_retrains_and_registers_nothing(scheduled_retrain):
+    """The worker runs the scheduled flow run to completion: the raw data is pulled, every stage is a
+    task, none ran, and the MLflow store has no new run or model version."""
+    assert scheduled_retrain["run"]["state"]["type"] == "COMPLETED", scheduled_retrain["run"]["state"]
+    assert scheduled_retrain["run"]["auto_scheduled"]
+    names = [t["name"] for t in scheduled_retrain["task_runs"]]
+    assert names[0].startswith("sync-raw-data") and names[1:] == STAGES
+    assert all(t["state"]["type"] == "COMPLETED" for t in scheduled_retrain["task_runs"])
+    logs = "\n".join(scheduled_retrain["logs"])
+    assert "Running stage" not in logs
+    for stage in STAGES:
+        assert f"stage {stage}: unchanged" in logs or f"stage {stage}: restored" in logs
+    assert scheduled_retrain["after"] == scheduled_retrain["before"]
+
+
+@pytest.mark.slow
+def test_the_server_and_worker_are_stopped(scheduled_retrain):
+    """Teardown stopped every process it started (by PID)."""
+    assert all(proc.poll() is not None for proc in scheduled_retrain["servers"])
+    assert not scheduled_retrain["api"].healthy()
+
+
+# ---------------------------------------------------------------------------- scale-out
+ITEM = "finetune_gptst@tgcn-gptst"
+
+
+@pytest.fixture(scope="session")
+def scale_out_run(pipeline_run, workspace: Clone, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The pipeline in scale-out mode for one item whose params changed (T-GCN dropout): the item's
+    finetune flow runs in a second workspace (a git clone without outputs, in this process instead of
+    on a worker), the parent restores it. params.yaml is put back afterwards."""
+    from flows.finetune import workspace_path
+    from flows.pipeline import pipeline
+
+    root = workspace.root
+    params_before = (root / "params.yaml").read_text()
+    workers = tmp_path_factory.mktemp("workers")
+    before = {"versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for key in ("DVC_SITE_CACHE_DIR", *GIT_IDENTITY):
+                mp.setenv(key, workspace.env[key])
+            state = pipeline(workspace=str(root), variants=["gptst"], overrides={"baselines.tgcn.dropout": 0.1},
+                             tracking_uri=workspace.tracking_uri, scale_out=True, finetune_deployment=None,
+                             workspaces=str(workers), return_state=True)
+        after = {"versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}
+        repro_after = workspace.dvc("repro", ITEM).stdout
+        model = (root / "models" / DATASET / "finetune/tgcn/gptst/model.pt").read_bytes()
+    finally:
+        (root / "params.yaml").write_text(params_before)
+    return {"state": state, "before": before, "after": after, "repro_after": repro_after, "model": model,
+            "worker": workspace_path(str(root), ITEM, str(workers))}
+
+
+@pytest.mark.slow
+def test_a_worker_workspace_gets_its_inputs_only_from_the_dvc_remote(scale_out_run, workspace: Clone):
+    """The second workspace is a git clone without pre-training outputs: the encoder and its encoded
+    windows come from the remote (same bytes), nothing upstream is recomputed there (no pretrain or
+    encode run in the shared MLflow store), and the item is trained there once."""
+    assert scale_out_run["state"].is_completed(), scale_out_run["state"].message
+    worker = scale_out_run["worker"]
+    tracked = subprocess.run(["git", "ls-files", "models", "data/processed"], cwd=worker, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert not [f for f in tracked if not f.endswith(".gitignore")]
+    encoder = f"models/{DATASET}/encoder.pt"
+    assert (worker / encoder).read_bytes() == (workspace.root / encoder).read_bytes()
+    assert (worker / "models" / DATASET / "finetune/tgcn/gptst/model.pt").read_bytes() == scale_out_run["model"]
+    new_runs = [stage for _, stage in scale_out_run["after"]["runs"][len(scale_out_run["before"]["runs"]):]]
+    assert new_runs == ["finetune_gptst"]  # the worker's training; the parent restored it
+    new_versions = set(scale_out_run["after"]["versions"]) - set(scale_out_run["before"]["versions"])
+    assert new_versions == {(f"tgcn-{DATASET}", 5)}
+
+
+@pytest.mark.slow
+def test_the_parent_restores_the_workers_item_and_retrains_nothing(scale_out_run):
+    """Only the gptst items of the variant subset and their inputs are planned; the parent restores
+    the item from the run-cache, and a later `dvc repro` of it runs nothing."""
+    summary = scale_out_run["state"].result()
+    assert list(summary["stages"]) == ["ingest", "adjacency", "validate", "pretrain", "encode", ITEM]
+    assert summary["stages"][ITEM] == "restored"
+    assert {summary["stages"][s] for s in ("ingest", "adjacency", "validate", "pretrain", "encode")} == {"unchanged"}
+    assert summary["left_out"] == ["evaluate", "promote"] and summary["artifacts"] == {}
+    assert "Running stage" not in scale_out_run["repro_after"]
+
+
+# ------------------------------------------------------------------------- invalid data
+@pytest.fixture(scope="session")
+def invalid_data_run(pipeline_run, workspace: Clone) -> dict:
+    """A new version of the raw series with NaNs (`dvc add`), then the retrain flow. The good series
+    is checked out again afterwards."""
+    import numpy as np
+    import pandas as pd
+
+    from flows.retrain import retrain
+
+    root = workspace.root
+    frame = pd.read_hdf(root / RAW, key="df")
+    frame.iloc[100:110, :4] = np.nan
+    (root / RAW).unlink()  # never write through a DVC cache link
+    frame.to_hdf(root / RAW, key="df")
+    workspace.dvc("add", "-q", RAW)
+    before = {"versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for key in ("DVC_SITE_CACHE_DIR", *GIT_IDENTITY):
+                mp.setenv(key, workspace.env[key])
+            state = retrain(workspace=str(root), tracking_uri=workspace.tracking_uri, return_state=True)
+        after = {"versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}
+    finally:
+        workspace.run("git", "checkout", "-q", "--", f"{RAW}.dvc")
+        workspace.dvc("checkout", "-q", "--force", f"{RAW}.dvc")
+    flow_run_id = state.state_details.flow_run_id
+    runs = task_runs_of([flow_run_id, *subflow_ids(flow_run_id)])
+    return {"state": state, "before": before, "after": after, "task_runs": runs}
+
+
+@pytest.mark.slow
+def test_invalid_data_fails_the_retrain_at_validate_and_registers_nothing(invalid_data_run):
+    """NaNs in a new version of the raw file: ingest and adjacency run, validate fails once (not
+    retried), no training task starts, no model version is registered."""
+    assert invalid_data_run["state"].is_failed()
+    states = {r.name: r for r in invalid_data_run["task_runs"]}
+    assert [r.name for r in invalid_data_run["task_runs"]][1:] == ["ingest", "adjacency", "validate"]
+    assert states["ingest"].state.is_completed() and states["adjacency"].state.is_completed()
+    assert states["validate"].state.is_failed() and states["validate"].run_count == 1
+    assert "non-finite" in task_log(states["validate"].id) or "nonfinite" in task_log(states["validate"].id)
+    assert invalid_data_run["after"]["versions"] == invalid_data_run["before"]["versions"]
+    new_runs = [stage for _, stage in invalid_data_run["after"]["runs"][len(invalid_data_run["before"]["runs"]):]]
+    assert new_runs == ["ingest", "adjacency", "validate"]

@@ -10,6 +10,7 @@ whose output is unchanged must never add a version.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import tempfile
 from collections.abc import Mapping
@@ -181,6 +182,8 @@ def download_version(uri: str, dst_dir: str | Path | None = None, *, filename: s
     """
     import mlflow
 
+    # A stage log is no place for a progress bar per downloaded bundle (a user's setting wins).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     name, version = resolve_model_uri(uri)
     mlflow_client = client()
     source = mlflow_client.get_model_version_download_uri(name, version)

@@ -286,3 +286,11 @@ def test_gptst_predict_forecasts_a_split_from_a_bundle_alone(trained, data, para
     assert main(["predict", "--model", str(tmp_path / "nothing.pt"), "--series", str(parquet),
                  "--out", str(tmp_path / "q.npz"), "--params", str(REPO_ROOT / "params.yaml")]) == 2
     assert "nothing.pt" in capsys.readouterr().err and not (tmp_path / "q.npz").exists()
+
+
+def test_a_killed_encode_leaves_no_temporary_folder_behind_the_next_run(data, encoder_file, tmp_path):
+    stale = tmp_path / ".enc.abc123"
+    (stale / "x").mkdir(parents=True)
+    write_encoded(tmp_path / "enc", load_encoder(encoder_file), data.batcher, data.splits.val.starts[:2],
+                  encoder_sha256="e" * 64, max_gb=1.0)
+    assert not stale.exists() and [p.name for p in tmp_path.iterdir()] == ["enc"]

@@ -75,6 +75,9 @@ def write_encoded(
     shape = (cfg.t_in, cfg.num_nodes, cfg.hidden)
     size = cache_bytes(len(starts), *shape)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # A killed run (SIGKILL skips the cleanup below) leaves its temporary folder: up to a few GB.
+    for stale in out_dir.parent.glob(f".{out_dir.name}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         shards: list[tuple[str, int, int]] = []

@@ -151,14 +151,27 @@ def committed_revision(root: Path, stages: list[StageNode]) -> str:
     return revision
 
 
-def scale_out_items(root: Path, items: list[StageNode], *, tracking_uri: str, deployment: str | None,
-                    source: str | None, workspaces: str | None, revision: str,
-                    orchestration: OrchestrationParams) -> list[str]:
-    """Run each finetune item as a ``finetune`` flow run in its own workspace: on the work pool
-    through ``deployment``, or (``None``) in this process one after another, the same protocol
-    without workers. Returns the flow run ids."""
-    from flows.finetune import finetune
+def check_pool_capacity(deployment: str) -> None:
+    """Refuse to wait for workers that can never come: a parent that itself runs on the work pool of
+    ``deployment`` holds one of its slots, so the pool needs a concurrency limit of 2 or more."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
 
+    context = FlowRunContext.get()
+    parent_pool = context.flow_run.work_pool_name if context and context.flow_run else None
+    with get_client(sync_client=True) as client:
+        pool_name = client.read_deployment_by_name(deployment).work_pool_name
+        limit = client.read_work_pool(pool_name).concurrency_limit if pool_name else None
+    if parent_pool is not None and parent_pool == pool_name and limit is not None and limit < 2:
+        raise InputError("params.yaml", "orchestration.gpus", f"work pool {pool_name!r} runs one flow at a time and this "
+                         "flow holds it: start the scale-out run outside the pool or give the pool more workers")
+
+
+def scale_out_items(root: Path, items: list[StageNode], *, tracking_uri: str, deployment: str, source: str | None,
+                    workspaces: str | None, revision: str, orchestration: OrchestrationParams) -> list[str]:
+    """Run each finetune item as a flow run of ``deployment`` (:mod:`flows.finetune`) on its work pool,
+    all at once, and wait for them. Returns the flow run ids."""
+    check_pool_capacity(deployment)
     common = {
         "source": source or str(root),
         "revision": revision,
@@ -166,13 +179,6 @@ def scale_out_items(root: Path, items: list[StageNode], *, tracking_uri: str, de
         "tracking_uri": tracking_uri,
         "workspaces": workspaces,
     }
-    if deployment is None:
-        ids = []
-        for item in items:
-            state = finetune(item=item.address, **common, return_state=True)
-            state.result()  # raises the child's failure
-            ids.append(str(state.state_details.flow_run_id))
-        return ids
     limit = orchestration.timeouts_seconds.get("finetune", orchestration.timeouts_seconds["default"])
     timeout = limit * (orchestration.task_retries + 1) + DISPATCH_SLACK_SECONDS
     futures = [dispatch_finetune.submit(deployment, {"item": item.address, **common}, timeout) for item in items]
@@ -219,16 +225,16 @@ def pipeline(
     preset: str | None = None,
     tracking_uri: str | None = None,
     scale_out: bool = False,
-    finetune_deployment: str | None = FINETUNE_DEPLOYMENT,
+    finetune_deployment: str = FINETUNE_DEPLOYMENT,
     source: str | None = None,
     workspaces: str | None = None,
 ) -> dict[str, Any]:
     """Reproduce the DVC pipeline of ``workspace`` (see the module docstring for the parameters).
 
     ``tracking_uri``: the MLflow store the stages log to (default: theirs, ``MLFLOW_TRACKING_URI`` or
-    the workspace's ``mlruns.db``). Scale-out only: ``finetune_deployment`` (``None`` runs the items'
-    flows in this process), ``source`` (git URL the workers clone; default: this workspace's path),
-    ``workspaces`` (folder of the workers' clones). Returns what each stage did.
+    the workspace's ``mlruns.db``). Scale-out only: ``finetune_deployment`` (the items' flow runs),
+    ``source`` (git URL the workers clone; default: this workspace's path), ``workspaces`` (folder of
+    the workers' clones; default: theirs). Returns what each stage did.
     """
     logger = get_run_logger()
     root = Path(workspace).resolve()

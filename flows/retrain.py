@@ -56,6 +56,7 @@ def sync_raw_data(workspace: str, git_pull: bool = False) -> dict[str, str]:
             done |= dict.fromkeys(added, "local")
     if not sources:
         logger.info("no DVC-tracked raw data (.dvc files): the raw files are used as committed to git")
+    logger.info("raw data: %s", done)
     return done
 
 

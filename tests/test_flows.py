@@ -7,6 +7,8 @@ One Prefect test server for the whole session (prefect_test_harness, ~16 s)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -273,9 +275,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Clone:
     return clone
 
 
-@pytest.fixture
+@contextlib.contextmanager
 def clone_environment(workspace: Clone):
-    """DVC settings of the clone for flows run in this process (their `dvc` subprocesses inherit them)."""
+    """The clone's DVC settings for flows run in this process (their `dvc` subprocesses inherit them)."""
     with pytest.MonkeyPatch.context() as mp:
         for key in ("DVC_SITE_CACHE_DIR", *GIT_IDENTITY):
             mp.setenv(key, workspace.env[key])
@@ -288,9 +290,7 @@ def pipeline_run(prefect_harness, workspace: Clone) -> dict:
     """The pipeline flow on the workspace: T-GCN only and reports at horizons 3 and 12 (flow parameters)."""
     from flows.pipeline import pipeline
 
-    with pytest.MonkeyPatch.context() as mp:
-        for key in ("DVC_SITE_CACHE_DIR", *GIT_IDENTITY):
-            mp.setenv(key, workspace.env[key])
+    with clone_environment(workspace):
         state = pipeline(workspace=str(workspace.root), baselines=["tgcn"], preset="tiny",
                          overrides={"metrics.horizons": [3, 12]}, tracking_uri=workspace.tracking_uri,
                          return_state=True)
@@ -406,29 +406,52 @@ def wait_until(condition, timeout: float, what: str, interval: float = 2.0):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+ITEM = "finetune_gptst@tgcn-gptst"
+SCALE_OUT = """import json, sys
+from flows.pipeline import pipeline
+print("SUMMARY " + json.dumps(pipeline(**json.loads(sys.argv[1]))))
+"""
+
+
 @pytest.fixture(scope="session")
-def scheduled_retrain(pipeline_run, workspace: Clone, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """`make server`, `make deploy CRON="* * * * *"` and `make worker` in the workspace: the first
-    scheduled run of retrain-<dataset> is awaited (bounded), then worker and server are stopped by PID."""
+def orchestrated(pipeline_run, workspace: Clone, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`make server`, `make deploy CRON="* * * * *"` and `make worker` in the workspace, then, read
+    from the server's API: (1) the first scheduled run of retrain-<dataset> (data and params
+    unchanged); (2) with the schedule paused, the pipeline in scale-out mode started from a shell for
+    one item whose params changed (T-GCN dropout), its finetune flow run on the worker in a second
+    workspace. Bounded waits; worker and server are stopped by PID; params.yaml is put back."""
+    from flows.finetune import workspace_path
+
     root = workspace.root
-    venv = Path(sys.executable).parent.parent
     if not (root / ".venv").exists():
-        (root / ".venv").symlink_to(venv)  # the make targets use this interpreter
+        (root / ".venv").symlink_to(Path(sys.executable).parent.parent)  # the make targets use this interpreter
     port = free_port()
     api = Api(f"http://127.0.0.1:{port}/api")
     env = {k: v for k, v in workspace.env.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="5")
     logs = tmp_path_factory.mktemp("prefect-logs")
+    workers = tmp_path_factory.mktemp("worker-workspaces")
     make = ["make", "--no-print-directory", "-o", ".venv/.installed", f"PREFECT_PORT={port}"]
-    before = {"versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}
+    params_before = (root / "params.yaml").read_text()
     started: list[subprocess.Popen] = []
+    found: dict = {"api": api, "servers": started, "worker_workspace": workspace_path(str(root), ITEM, str(workers))}
 
     def start(target: str, *args: str) -> subprocess.Popen:
-        out = open(logs / f"{target}.log", "w")  # noqa: SIM115  (closed with the process)
+        out = open(logs / f"{target}.log", "w")  # noqa: SIM115  (lives as long as the process)
         proc = subprocess.Popen([*make, target, *args], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         started.append(proc)
         return proc
+
+    def store() -> dict:
+        return {"versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}
+
+    def flow_runs(flow: str) -> list[dict]:
+        return api.post("/flow_runs/filter", {"flows": {"name": {"any_": [flow]}}})
+
+    def task_runs(ids: list[str]) -> list[dict]:
+        runs = api.post("/task_runs/filter", {"flow_runs": {"id": {"any_": ids}}, "sort": "EXPECTED_START_TIME_ASC"})
+        return [t for t in runs if not t["state"]["state_details"].get("child_flow_run_id")]  # no subflow placeholders
 
     try:
         start("server")
@@ -437,131 +460,119 @@ def scheduled_retrain(pipeline_run, workspace: Clone, tmp_path_factory: pytest.T
                                 text=True, timeout=300, check=False)
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         deployment = api.get(f"/deployments/name/retrain/retrain-{DATASET}")
+        found |= {"deploy": deploy.stdout, "deployment": deployment, "pool": api.get("/work_pools/gpu")}
+        found["retrain_before"] = store()
         start("worker", "GPU=0")
 
-        def finished_run():
-            runs = api.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}})
-            done = [r for r in runs if r["state"] and r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")]
+        def finished_retrain():
+            done = [r for r in flow_runs("retrain") if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")]
             return done[0] if done else None
 
-        run = wait_until(finished_run, 300, "a scheduled retrain run to finish")
-        flow_runs = api.post("/flow_runs/filter", {})
-        ids = [r["id"] for r in flow_runs]
+        run = wait_until(finished_retrain, 300, "a scheduled retrain run to finish")
+        api.http.patch(f"/deployments/{deployment['id']}", json={"paused": True}).raise_for_status()
+        for later in api.post("/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}):
+            api.http.delete(f"/flow_runs/{later['id']}").raise_for_status()
+        ids = [run["id"], *(r["id"] for r in flow_runs("pipeline"))]
         if run["state"]["type"] == "COMPLETED":  # its last log lines may still be on their way
             wait_until(lambda: any(m.startswith(f"stage {STAGES[-1]}:") for m in api.logs(ids)), 60, "the last log")
-        stop_process_group(started[-1])  # the worker: no second scheduled run
-        task_runs = [
-            t for t in api.post("/task_runs/filter", {"flow_runs": {"id": {"any_": ids}}, "sort": "EXPECTED_START_TIME_ASC"})
-            if not t["state"]["state_details"].get("child_flow_run_id")  # not the pipeline subflow's placeholder
-        ]
-        collected = {
-            "deploy": deploy.stdout, "deployment": deployment, "run": run, "flow_runs": flow_runs,
-            "task_runs": task_runs, "logs": api.logs(ids), "pool": api.get("/work_pools/gpu"),
-        }
+        found |= {"retrain": run, "retrain_task_runs": task_runs(ids), "retrain_logs": api.logs(ids),
+                  "retrain_after": store()}
+
+        arguments = {"workspace": str(root), "variants": ["gptst"], "overrides": {"baselines.tgcn.dropout": 0.1},
+                     "tracking_uri": workspace.tracking_uri, "scale_out": True, "workspaces": str(workers)}
+        parent = subprocess.run([sys.executable, "-c", SCALE_OUT, json.dumps(arguments)], cwd=root, capture_output=True,
+                                text=True, timeout=400, check=False,
+                                env={**env, "PREFECT_API_URL": api.url, "PREFECT_HOME": str(root / ".prefect")})
+        assert parent.returncode == 0, parent.stdout[-3000:] + parent.stderr[-5000:]
+        [summary] = [line[len("SUMMARY "):] for line in parent.stdout.splitlines() if line.startswith("SUMMARY ")]
+        children = flow_runs("finetune")
+        found |= {"scale_out": json.loads(summary), "children": children, "scale_out_after": store(),
+                  "child_logs": api.logs([c["id"] for c in children])}
     finally:
         for proc in reversed(started):
             stop_process_group(proc)
-    return {**collected, "before": before, "servers": started, "api": api,
-            "after": {"versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}}
+        try:
+            if "scale_out" in found:
+                found["repro_after"] = workspace.dvc("repro", ITEM).stdout
+                found["model"] = (root / "models" / DATASET / "finetune/tgcn/gptst/model.pt").read_bytes()
+        finally:
+            (root / "params.yaml").write_text(params_before)
+    return found
 
 
 @pytest.mark.slow
-def test_make_deploy_creates_the_scheduled_retrain_deployment_on_the_gpu_work_pool(scheduled_retrain):
+def test_make_deploy_creates_the_scheduled_retrain_deployment_on_the_gpu_work_pool(orchestrated):
     """prefect.yaml deployed by `make deploy`: retrain-<dataset> with the cron passed to make, on a
     process pool whose concurrency limit is orchestration.gpus."""
-    deployment, pool = scheduled_retrain["deployment"], scheduled_retrain["pool"]
+    deployment, pool = orchestrated["deployment"], orchestrated["pool"]
     assert deployment["name"] == f"retrain-{DATASET}" and deployment["work_pool_name"] == "gpu"
     assert deployment["entrypoint"] == "flows/retrain.py:retrain"
     [schedule] = deployment["schedules"]
     assert schedule["schedule"]["cron"] == "* * * * *" and schedule["schedule"]["timezone"] == "UTC"
     assert pool["type"] == "process" and pool["concurrency_limit"] == 1
-    assert "created work pool 'gpu'" in scheduled_retrain["deploy"]
+    assert "created work pool 'gpu'" in orchestrated["deploy"]
 
 
 @pytest.mark.slow
-def test_a_scheduled_retrain_with_unchanged_data_retrains_and_registers_nothing(scheduled_retrain):
+def test_a_scheduled_retrain_with_unchanged_data_retrains_and_registers_nothing(orchestrated):
     """The worker runs the scheduled flow run to completion: the raw data is pulled, every stage is a
     task, none ran, and the MLflow store has no new run or model version."""
-    assert scheduled_retrain["run"]["state"]["type"] == "COMPLETED", scheduled_retrain["run"]["state"]
-    assert scheduled_retrain["run"]["auto_scheduled"]
-    names = [t["name"] for t in scheduled_retrain["task_runs"]]
+    assert orchestrated["retrain"]["state"]["type"] == "COMPLETED", orchestrated["retrain"]["state"]
+    assert orchestrated["retrain"]["auto_scheduled"]
+    names = [t["name"] for t in orchestrated["retrain_task_runs"]]
     assert names[0].startswith("sync-raw-data") and names[1:] == STAGES
-    assert all(t["state"]["type"] == "COMPLETED" for t in scheduled_retrain["task_runs"])
-    logs = "\n".join(scheduled_retrain["logs"])
+    assert all(t["state"]["type"] == "COMPLETED" for t in orchestrated["retrain_task_runs"])
+    logs = "\n".join(orchestrated["retrain_logs"])
+    assert f"raw data: {{'{RAW}.dvc': 'pulled'}}" in logs  # dvc pull of the DVC-tracked raw series
     assert "Running stage" not in logs
     for stage in STAGES:
         assert f"stage {stage}: unchanged" in logs or f"stage {stage}: restored" in logs
-    assert scheduled_retrain["after"] == scheduled_retrain["before"]
+    assert orchestrated["retrain_after"] == orchestrated["retrain_before"]
 
 
 @pytest.mark.slow
-def test_the_server_and_worker_are_stopped(scheduled_retrain):
-    """Teardown stopped every process it started (by PID)."""
-    assert all(proc.poll() is not None for proc in scheduled_retrain["servers"])
-    assert not scheduled_retrain["api"].healthy()
-
-
-# ---------------------------------------------------------------------------- scale-out
-ITEM = "finetune_gptst@tgcn-gptst"
-
-
-@pytest.fixture(scope="session")
-def scale_out_run(pipeline_run, workspace: Clone, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The pipeline in scale-out mode for one item whose params changed (T-GCN dropout): the item's
-    finetune flow runs in a second workspace (a git clone without outputs, in this process instead of
-    on a worker), the parent restores it. params.yaml is put back afterwards."""
-    from flows.finetune import workspace_path
-    from flows.pipeline import pipeline
-
-    root = workspace.root
-    params_before = (root / "params.yaml").read_text()
-    workers = tmp_path_factory.mktemp("workers")
-    before = {"versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            for key in ("DVC_SITE_CACHE_DIR", *GIT_IDENTITY):
-                mp.setenv(key, workspace.env[key])
-            state = pipeline(workspace=str(root), variants=["gptst"], overrides={"baselines.tgcn.dropout": 0.1},
-                             tracking_uri=workspace.tracking_uri, scale_out=True, finetune_deployment=None,
-                             workspaces=str(workers), return_state=True)
-        after = {"versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}
-        repro_after = workspace.dvc("repro", ITEM).stdout
-        model = (root / "models" / DATASET / "finetune/tgcn/gptst/model.pt").read_bytes()
-    finally:
-        (root / "params.yaml").write_text(params_before)
-    return {"state": state, "before": before, "after": after, "repro_after": repro_after, "model": model,
-            "worker": workspace_path(str(root), ITEM, str(workers))}
-
-
-@pytest.mark.slow
-def test_a_worker_workspace_gets_its_inputs_only_from_the_dvc_remote(scale_out_run, workspace: Clone):
-    """The second workspace is a git clone without pre-training outputs: the encoder and its encoded
-    windows come from the remote (same bytes), nothing upstream is recomputed there (no pretrain or
-    encode run in the shared MLflow store), and the item is trained there once."""
-    assert scale_out_run["state"].is_completed(), scale_out_run["state"].message
-    worker = scale_out_run["worker"]
+def test_a_worker_workspace_gets_its_inputs_only_from_the_dvc_remote(orchestrated, workspace: Clone):
+    """Scale-out: the item is a flow run of the finetune deployment on the worker, in a git clone
+    without pre-training outputs. The encoder comes from the remote (same bytes), every input stage
+    is restored there, not recomputed (no pretrain or encode run in the shared MLflow store), and
+    the item is trained there, once."""
+    [child] = orchestrated["children"]
+    assert child["state"]["type"] == "COMPLETED" and child["name"] == f"finetune-{ITEM}"
+    assert child["parameters"]["item"] == ITEM
+    logs = "\n".join(orchestrated["child_logs"])
+    for stage in ("ingest", "adjacency", "validate", "pretrain", "encode"):
+        assert f"stage {stage}: restored" in logs
+    assert f"stage {ITEM}: ran" in logs
+    worker = orchestrated["worker_workspace"]
     tracked = subprocess.run(["git", "ls-files", "models", "data/processed"], cwd=worker, capture_output=True,
                              text=True, check=True).stdout.split()
-    assert not [f for f in tracked if not f.endswith(".gitignore")]
+    assert all(f.endswith(".gitignore") for f in tracked)
     encoder = f"models/{DATASET}/encoder.pt"
     assert (worker / encoder).read_bytes() == (workspace.root / encoder).read_bytes()
-    assert (worker / "models" / DATASET / "finetune/tgcn/gptst/model.pt").read_bytes() == scale_out_run["model"]
-    new_runs = [stage for _, stage in scale_out_run["after"]["runs"][len(scale_out_run["before"]["runs"]):]]
-    assert new_runs == ["finetune_gptst"]  # the worker's training; the parent restored it
-    new_versions = set(scale_out_run["after"]["versions"]) - set(scale_out_run["before"]["versions"])
-    assert new_versions == {(f"tgcn-{DATASET}", 5)}
+    assert (worker / "models" / DATASET / "finetune/tgcn/gptst/model.pt").read_bytes() == orchestrated["model"]
+    before, after = orchestrated["retrain_after"], orchestrated["scale_out_after"]
+    assert [stage for _, stage in after["runs"][len(before["runs"]):]] == ["finetune_gptst"]
+    assert set(after["versions"]) - set(before["versions"]) == {(f"tgcn-{DATASET}", 5)}
 
 
 @pytest.mark.slow
-def test_the_parent_restores_the_workers_item_and_retrains_nothing(scale_out_run):
-    """Only the gptst items of the variant subset and their inputs are planned; the parent restores
-    the item from the run-cache, and a later `dvc repro` of it runs nothing."""
-    summary = scale_out_run["state"].result()
+def test_the_parent_restores_the_workers_item_and_retrains_nothing(orchestrated):
+    """The parent plans the gptst item of T-GCN and its inputs, restores the item from the
+    run-cache, and a later `dvc repro` of it runs nothing."""
+    summary = orchestrated["scale_out"]
+    assert summary["params_changed"] == {"baselines.tgcn.dropout": 0.1}
     assert list(summary["stages"]) == ["ingest", "adjacency", "validate", "pretrain", "encode", ITEM]
     assert summary["stages"][ITEM] == "restored"
     assert {summary["stages"][s] for s in ("ingest", "adjacency", "validate", "pretrain", "encode")} == {"unchanged"}
     assert summary["left_out"] == ["evaluate", "promote"] and summary["artifacts"] == {}
-    assert "Running stage" not in scale_out_run["repro_after"]
+    assert "Running stage" not in orchestrated["repro_after"]
+
+
+@pytest.mark.slow
+def test_the_server_and_worker_are_stopped(orchestrated):
+    """Teardown stopped every process it started (by PID)."""
+    assert orchestrated["servers"] and all(proc.poll() is not None for proc in orchestrated["servers"])
+    assert not orchestrated["api"].healthy()
 
 
 # ------------------------------------------------------------------------- invalid data
@@ -582,9 +593,7 @@ def invalid_data_run(pipeline_run, workspace: Clone) -> dict:
     workspace.dvc("add", "-q", RAW)
     before = {"versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}
     try:
-        with pytest.MonkeyPatch.context() as mp:
-            for key in ("DVC_SITE_CACHE_DIR", *GIT_IDENTITY):
-                mp.setenv(key, workspace.env[key])
+        with clone_environment(workspace):
             state = retrain(workspace=str(root), tracking_uri=workspace.tracking_uri, return_state=True)
         after = {"versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}
     finally:

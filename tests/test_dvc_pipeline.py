@@ -6,18 +6,12 @@ run per session."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sqlite3
-import subprocess
-import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import REPO_ROOT
+from .pipeline_clone import Clone, make_clone
 
 pytestmark = pytest.mark.slow
 
@@ -25,72 +19,11 @@ BASELINES = ("gwn", "tgcn")
 VARIANTS = ("plain", "calendar", "gptst", "gptst_random")
 
 
-def project_files(root: Path) -> list[str]:
-    """What a clone would contain: tracked files plus new, not ignored ones (the working tree)."""
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=root, capture_output=True, text=True, check=True,
-    ).stdout
-    return [f for f in out.split("\0") if f and (root / f).is_file()]
-
-
-@dataclass
-class Clone:
-    root: Path
-    env: dict[str, str]
-    logs: dict[str, subprocess.CompletedProcess] = field(default_factory=dict)
-
-    def run(self, *args: str, name: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(list(args), cwd=self.root, env=self.env, capture_output=True, text=True)
-        if name:
-            self.logs[name] = proc
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def dvc(self, *args: str, name: str | None = None) -> subprocess.CompletedProcess:
-        return self.run(sys.executable, "-m", "dvc", *args, name=name)
-
-    def mlflow_runs(self) -> list[tuple[str, str]]:
-        """(experiment, stage tag) of every run in the clone's own MLflow store."""
-        with sqlite3.connect(self.root / "mlruns.db") as db:
-            return db.execute(
-                "SELECT e.name, t.value FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
-                "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'stage' ORDER BY r.start_time"
-            ).fetchall()
-
-    def model_versions(self) -> list[tuple[str, int]]:
-        with sqlite3.connect(self.root / "mlruns.db") as db:
-            return db.execute("SELECT name, version FROM model_versions ORDER BY name, version").fetchall()
-
-    def hashes(self, folder: str) -> dict[str, bytes]:
-        base = self.root / folder
-        return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
-
-
 @pytest.fixture(scope="session")
 def clone(tmp_path_factory: pytest.TempPathFactory) -> Clone:
-    root = tmp_path_factory.mktemp("clone") / "gptst"
-    for rel in project_files(REPO_ROOT):
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO_ROOT / rel, root / rel)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GPTST_"))}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        DVC_NO_ANALYTICS="1",
-        DVC_SITE_CACHE_DIR=str(root / ".dvc" / "site-cache"),
-        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
-        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
-    )
-    c = Clone(root, env)
     # the smallest training sizes: this test is about the pipeline, not the model
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["preset"] = "tiny"
-    params["finetune"]["baselines"] = list(BASELINES)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    c.run("git", "init", "-q")
-    c.run("git", "add", "-A")
-    c.run("git", "commit", "-q", "-m", "clone")
+    c = make_clone(tmp_path_factory.mktemp("clone") / "gptst", preset="tiny", finetune={"baselines": list(BASELINES)})
+    root = c.root
     # MLFLOW_TRACKING_URI is unset: the library must put the store at the clone's root by itself.
     c.dvc("repro", name="first")
     c.week_outputs = c.hashes("data/processed/metr-la-week")  # type: ignore[attr-defined]

@@ -155,11 +155,11 @@ def check_pool_capacity(deployment: str) -> None:
     """Refuse to wait for workers that can never come: a parent that itself runs on the work pool of
     ``deployment`` holds one of its slots, so the pool needs a concurrency limit of 2 or more."""
     from prefect.client.orchestration import get_client
-    from prefect.context import FlowRunContext
+    from prefect.runtime import flow_run
 
-    context = FlowRunContext.get()
-    parent_pool = context.flow_run.work_pool_name if context and context.flow_run else None
     with get_client(sync_client=True) as client:
+        # a subflow (the pipeline inside retrain) holds the slot of its root flow run
+        parent_pool = client.read_flow_run(flow_run.root_flow_run_id).work_pool_name
         pool_name = client.read_deployment_by_name(deployment).work_pool_name
         limit = client.read_work_pool(pool_name).concurrency_limit if pool_name else None
     if parent_pool is not None and parent_pool == pool_name and limit is not None and limit < 2:
@@ -281,5 +281,5 @@ def pipeline(
         "left_out": left_out,
         "artifacts": artifacts,
     }
-    logger.info("pipeline %s: %s", dataset, {k: v for k, v in outcomes.items()})
+    logger.info("pipeline %s: %s", dataset, outcomes)
     return summary

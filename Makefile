@@ -35,6 +35,9 @@ help:
 	@echo "make test   - install (first time) and run the test suite"
 	@echo "make ui     - MLflow UI on http://127.0.0.1:$(UI_PORT)"
 	@echo "make bench  - benchmarks (ingest memory, GPT-ST pre-training speed); tables on stdout"
+	@echo "make server - Prefect server and UI on http://127.0.0.1:$(PREFECT_PORT)"
+	@echo "make worker GPU=k - a Prefect worker for one GPU on the orchestration.work_pool pool"
+	@echo "make deploy [CRON=...] - the work pool and the deployments of prefect.yaml (retrain on orchestration.retrain_cron)"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

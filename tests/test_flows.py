@@ -369,15 +369,21 @@ class Api:
         self.url = url
         self.http = httpx.Client(base_url=url, timeout=30)
 
+    def request(self, method: str, path: str, body: dict | None = None):
+        """One call; a 503 (the server's SQLite busy under the worker's writes) is retried for up to 60 s."""
+        deadline = time.monotonic() + 60
+        while True:
+            response = self.http.request(method, path, json=body)
+            if response.status_code != 503 or time.monotonic() > deadline:
+                response.raise_for_status()
+                return response.json() if response.content else None
+            time.sleep(1)
+
     def get(self, path: str):
-        response = self.http.get(path)
-        response.raise_for_status()
-        return response.json()
+        return self.request("GET", path)
 
     def post(self, path: str, body: dict):
-        response = self.http.post(path, json=body)
-        response.raise_for_status()
-        return response.json()
+        return self.request("POST", path, body)
 
     def healthy(self) -> bool:
         try:
@@ -469,9 +475,9 @@ def orchestrated(pipeline_run, workspace: Clone, tmp_path_factory: pytest.TempPa
             return done[0] if done else None
 
         run = wait_until(finished_retrain, 300, "a scheduled retrain run to finish")
-        api.http.patch(f"/deployments/{deployment['id']}", json={"paused": True}).raise_for_status()
+        api.request("PATCH", f"/deployments/{deployment['id']}", {"paused": True})
         for later in api.post("/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}):
-            api.http.delete(f"/flow_runs/{later['id']}").raise_for_status()
+            api.request("DELETE", f"/flow_runs/{later['id']}")
         ids = [run["id"], *(r["id"] for r in flow_runs("pipeline"))]
         if run["state"]["type"] == "COMPLETED":  # its last log lines may still be on their way
             wait_until(lambda: any(m.startswith(f"stage {STAGES[-1]}:") for m in api.logs(ids)), 60, "the last log")

@@ -123,3 +123,12 @@ def assert_reference_parameter_count(name: str, params=None, tolerance: float = 
         assert abs(count - expected) <= tolerance * expected, f"{name} in_dim {in_dim}: {count} vs reference {expected}"
         counts.append(count)
     return counts[0], counts[1]
+
+
+def assert_dropout_only_in_training(model: nn.Module, x: torch.Tensor) -> None:
+    """Eval mode is deterministic (same input, same output twice); train mode applies dropout."""
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x)), "eval mode must be deterministic"
+        model.train()
+        assert not torch.equal(model(x), model(x)), "dropout should be active in train mode"

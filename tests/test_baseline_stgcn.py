@@ -11,6 +11,7 @@ from gptst.models.baselines import build_baseline
 from gptst.params import StgcnParams
 
 from .baseline_checks import (
+    assert_dropout_only_in_training,
     assert_forward_backward,
     assert_overfits,
     assert_reference_parameter_count,
@@ -31,8 +32,6 @@ def _build(week, params: StgcnParams = SMALL, *, in_dim: int = 1, in_steps: int 
         "stgcn", num_nodes=NODES, in_dim=in_dim, out_dim=1, in_steps=in_steps, out_steps=out_steps,
         graph=week_graph(week, nodes=NODES), params=params,
     )
-
-
 
 
 @pytest.mark.parametrize("in_dim", [1, 5, 64], ids=["plain", "calendar", "gptst"])
@@ -100,10 +99,5 @@ def test_reference_parameter_count():
 def test_eval_mode_is_deterministic(week):
     """Dropout (after each block's layer norm) is off in eval mode: same output twice."""
     x, _, _ = week_windows(week, windows=2, nodes=NODES)
-    model = _build(week, SMALL.model_copy(update={"dropout": 0.5})).eval()
-    with torch.no_grad():
-        first, second = model(x), model(x)
-    assert torch.equal(first, second)
-    model.train()
-    with torch.no_grad():
-        assert not torch.equal(model(x), model(x)), "dropout should be active in train mode"
+    model = _build(week, SMALL.model_copy(update={"dropout": 0.5}))
+    assert_dropout_only_in_training(model, x)

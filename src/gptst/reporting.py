@@ -8,6 +8,7 @@ from pathlib import Path
 from gptst.params import load_params
 
 OUTPUT_FOLDERS = ("data/processed", "models", "reports")
+GROUP_ABOVE = 8  # files in one first-level folder listed one by one
 
 
 def _size(n_bytes: int) -> str:
@@ -28,10 +29,18 @@ def print_outputs(root: Path) -> int:
     for folder in OUTPUT_FOLDERS:
         base = root / folder / name
         files = sorted(p for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
-        grouped: dict[Path, list[Path]] = {}
+        count: dict[str, int] = {}
+        nested: set[str] = set()
         for path in files:
             rel = path.relative_to(base)
-            key = base / rel.parts[0] if len(rel.parts) > 2 else path  # deep folders: one line each
+            count[rel.parts[0]] = count.get(rel.parts[0], 0) + 1
+            if len(rel.parts) > 2:
+                nested.add(rel.parts[0])
+        grouped: dict[Path, list[Path]] = {}
+        for path in files:
+            top = path.relative_to(base).parts[0]
+            # a folder of many or nested files (the finetune items, the encoder cache) is one line
+            key = base / top if top in nested or count[top] > GROUP_ABOVE else path
             grouped.setdefault(key, []).append(path)
         for key, members in grouped.items():
             size = _size(sum(p.stat().st_size for p in members))

@@ -28,11 +28,12 @@ export GX_ANALYTICS_ENABLED := false
 # pip's configured extra index folders that do not exist on a machine print one warning each.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help install run test ui bench
+.PHONY: help install run lint test ui bench
 
 help:
 	@echo "make run    - install (first time) and run the whole pipeline (dvc repro) on the embedded data"
-	@echo "make test   - install (first time) and run the test suite"
+	@echo "make test   - install (first time), lint, and run the test suite"
+	@echo "make lint   - ruff (lint + format check) and mypy (src/gptst); config in pyproject.toml"
 	@echo "make ui     - MLflow UI on http://127.0.0.1:$(UI_PORT)"
 	@echo "make bench  - benchmarks (ingest memory, GPT-ST pre-training speed); tables on stdout"
 	@echo "make server - Prefect server and UI on http://127.0.0.1:$(PREFECT_PORT)"
@@ -51,7 +52,12 @@ run: $(STAMP)
 	dvc repro
 	gptst outputs
 
-test: $(STAMP)
+lint: $(STAMP)
+	ruff check src stages flows tests bench
+	ruff format --check src stages flows tests bench
+	mypy
+
+test: lint
 	pytest -q --durations=15 $(PYTEST_ARGS)
 
 ui: $(STAMP)

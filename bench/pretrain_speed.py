@@ -34,11 +34,13 @@ from gptst.data.ingest import ingest
 from gptst.data.scaler import fit_train_scaler
 from gptst.data.series import load_series
 from gptst.data.windows import make_splits
-from gptst.models.gptst import GptstConfig, build_model
-from gptst.models.gptst.losses import clip_grad_norms
+from gptst.models.gptst.config import GptstConfig
+from gptst.models.gptst.model import build_model
+from gptst.training.grad import clip_grad_norm
 from gptst.models.gptst.masker import AdaptiveMasker
 from gptst.models.gptst.objective import PretrainObjective
 from gptst.params import DatasetParams, GptstModelParams, PretrainParams, WindowParams
+from gptst.training.pretrain import gptst_config, pretrain_masker
 import tempfile
 
 def status_kb(field):
@@ -60,11 +62,11 @@ batch = batcher.gather(splits.train.starts[:batch_size])
 pre = PretrainParams()  # paper defaults: 300 epochs, E0 = 10, rho 0.5, mode half
 model_params = GptstModelParams(impl=impl)
 zero = tuple(float(v) for v in scaler.transform(torch.zeros(1, 1)).reshape(-1))
-cfg = GptstConfig.from_params(model_params, num_nodes=len(series.node_ids), t_in=windows.t_in, channels=1, zero_value=zero)
+cfg = gptst_config(model_params, num_nodes=len(series.node_ids), t_in=windows.t_in, channels=1, zero_value=zero)
 torch.manual_seed(0)
 model = build_model(cfg)
 n_params = sum(p.numel() for p in model.parameters())
-masker = AdaptiveMasker.from_params(pre, seed=0)
+masker = pretrain_masker(pre, seed=0)
 objective = PretrainObjective(model, masker, scaler, 0.0, pre.kl_weight, pre.change_epoch)
 optimiser = torch.optim.Adam(model.parameters(), lr=pre.lr)
 epoch = pre.change_epoch + 50  # adaptive phase: predictor, cluster masks and KL all run
@@ -74,7 +76,7 @@ def train_step():
     optimiser.zero_grad(set_to_none=True)
     loss, _ = objective(batch, epoch)
     loss.total.backward()
-    clip_grad_norms(ae, pred, pre.grad_clip, pre.predictor_grad_clip)
+    clip_grad_norm(ae, pre.grad_clip), clip_grad_norm(pred, pre.predictor_grad_clip)
     optimiser.step()
 
 def infer_step():
@@ -140,16 +142,23 @@ def main() -> None:
             rows.append(row)
             print(f"  done: {impl:<5} {mode:<5} batch {batch:>3}: {row['step_median_s']:.3f} s", file=sys.stderr)
 
-    print(f"\nGPT-ST pre-training step, METR-LA week (N=207, C=1, T_in=12), paper sizes; "
-          f"median of {args.steps} steps; dense fp32 matmul {matmul:.1f} GFLOP/s")
-    header = f"{'impl':<6} {'mode':<6} {'batch':>5} {'median s':>9} {'min..max s':>14} {'peak RSS +MB':>13} {'GFLOP':>7} {'GFLOP/s':>8} {'params':>10}"
+    print(
+        f"\nGPT-ST pre-training step, METR-LA week (N=207, C=1, T_in=12), paper sizes; "
+        f"median of {args.steps} steps; dense fp32 matmul {matmul:.1f} GFLOP/s"
+    )
+    header = (
+        f"{'impl':<6} {'mode':<6} {'batch':>5} {'median s':>9} {'min..max s':>14} {'peak RSS +MB':>13} "
+        f"{'GFLOP':>7} {'GFLOP/s':>8} {'params':>10}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         rate = r["gflop_per_step"] / r["step_median_s"]
         spread = f"{r['step_min_s']:.2f}..{r['step_max_s']:.2f}"
-        print(f"{r['impl']:<6} {r['mode']:<6} {r['batch']:>5} {r['step_median_s']:>9.3f} {spread:>14} "
-              f"{r['peak_rss_increase_mb']:>13.0f} {r['gflop_per_step']:>7.1f} {rate:>8.1f} {r['params']:>10,}")
+        print(
+            f"{r['impl']:<6} {r['mode']:<6} {r['batch']:>5} {r['step_median_s']:>9.3f} {spread:>14} "
+            f"{r['peak_rss_increase_mb']:>13.0f} {r['gflop_per_step']:>7.1f} {rate:>8.1f} {r['params']:>10,}"
+        )
     by = {(r["impl"], r["batch"], r["mode"]): r for r in rows}
     for batch, mode in configs:
         if ("fast", batch, mode) in by and ("naive", batch, mode) in by:

@@ -19,8 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gptst.cli import run_stage
 from gptst.params import OrchestrationParams, load_params
+from gptst.stage import run_stage
 
 
 def ensure_work_pool(name: str, concurrency_limit: int) -> str:
@@ -35,10 +35,14 @@ def ensure_work_pool(name: str, concurrency_limit: int) -> str:
         try:
             pool = client.read_work_pool(name)
         except ObjectNotFound:
-            client.create_work_pool(WorkPoolCreate(
-                name=name, type=ProcessWorker.type, concurrency_limit=concurrency_limit,
-                base_job_template=ProcessWorker.get_default_base_job_template(),
-            ))
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=name,
+                    type=ProcessWorker.type,
+                    concurrency_limit=concurrency_limit,
+                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                )
+            )
             return f"created work pool {name!r} (process, concurrency limit {concurrency_limit})"
         if pool.type != ProcessWorker.type:
             raise SystemExit(f"work pool {name!r} exists with type {pool.type!r}; the flows need a 'process' pool")

@@ -22,7 +22,8 @@ from typing import Any
 
 from gptst.errors import InputError
 from gptst.io import atomic_path
-from gptst.params import VARIANTS, OrchestrationParams, Params, load_params
+from gptst.layout import VARIANTS
+from gptst.params import OrchestrationParams, Params, load_params
 
 PARAMS_FILE = "params.yaml"
 LOCK_FILE = "dvc.lock"
@@ -63,8 +64,9 @@ class DvcResult:
 class DvcCommandError(RuntimeError):
     """A ``dvc`` command failed (or ran out of time); ``stage`` is the stage it was reproducing."""
 
-    def __init__(self, result: DvcResult, returncode: int | None, *, stage: str | None = None,
-                 timed_out: float | None = None) -> None:
+    def __init__(
+        self, result: DvcResult, returncode: int | None, *, stage: str | None = None, timed_out: float | None = None
+    ) -> None:
         self.result = result
         self.returncode = returncode
         self.stage = stage
@@ -81,17 +83,13 @@ class DvcCommandError(RuntimeError):
 
     @property
     def transient(self) -> bool:
-        """Worth a retry: anything but bad input (exit 2 of every stage) and invalid data (exit 1 of
-        ``validate``), which fail the same way every time."""
-        from gptst.cli import EXIT_BAD_INPUT
-        from stages.validate import EXIT_INVALID_DATA
+        """Worth a retry: a crash (exit 1), a kill or a timeout; never bad input (2) or invalid data (3),
+        which fail the same way every time (:mod:`gptst.errors`)."""
+        from gptst.errors import NON_RETRYABLE_EXIT_CODES
 
         if self.timed_out:
             return True
-        code = self.command_exit_code
-        if code == EXIT_BAD_INPUT:
-            return False
-        return not (self.stage == "validate" and code == EXIT_INVALID_DATA)
+        return self.command_exit_code not in NON_RETRYABLE_EXIT_CODES
 
 
 def dvc_env(tracking_uri: str | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -121,8 +119,14 @@ def run_dvc(
     """
     cmd = [sys.executable, "-m", "dvc", *args]
     proc = subprocess.Popen(
-        cmd, cwd=root, env=dict(env) if env is not None else dvc_env(), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
+        cmd,
+        cwd=root,
+        env=dict(env) if env is not None else dvc_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
     )
     expired = threading.Event()
 
@@ -176,9 +180,9 @@ def _terminate(proc: subprocess.Popen) -> None:
 class StageNode:
     """One stage of ``dvc.yaml`` (one item of a matrix counts as one stage)."""
 
-    address: str                 # as `dvc repro` takes it: "pretrain", "finetune@tgcn-plain"
-    name: str                    # without the matrix item: "finetune"
-    upstream: frozenset[str]     # every stage it depends on, directly or not
+    address: str  # as `dvc repro` takes it: "pretrain", "finetune@tgcn-plain"
+    name: str  # without the matrix item: "finetune"
+    upstream: frozenset[str]  # every stage it depends on, directly or not
     outputs: tuple[str, ...] = field(default=())  # paths relative to the project root
     baseline: str | None = None  # finetune matrix items only
     variant: str | None = None
@@ -193,7 +197,7 @@ class StageNode:
 class DataSource:
     """A ``.dvc`` file: raw data added with ``dvc add`` or imported (``dvc import``/``import-url``)."""
 
-    path: str                    # the .dvc file, relative to the project root
+    path: str  # the .dvc file, relative to the project root
     is_import: bool
 
 
@@ -222,8 +226,9 @@ def read_pipeline(root: str | Path) -> tuple[list[StageNode], list[DataSource]]:
                 )
                 baseline, variant = _matrix_item(stage.name)
                 outputs = tuple(os.path.relpath(out.fs_path, root) for out in stage.outs)
-                stages.append(StageNode(_address(stage, root), stage.name.split("@", 1)[0], upstream, outputs,
-                                        baseline, variant))
+                stages.append(
+                    StageNode(_address(stage, root), stage.name.split("@", 1)[0], upstream, outputs, baseline, variant)
+                )
             elif stage.is_data_source or stage.is_import:
                 sources.append(DataSource(os.path.relpath(stage.path, root), bool(stage.is_import)))
     return stages, sources
@@ -359,6 +364,7 @@ def apply_params(
             yaml.dump(doc, fh)
         try:
             params = load_params(tmp)
+            validate_params_baselines(params)
         except InputError as err:
             source = path if err.source == str(tmp) else err.source
             raise InputError(source, err.field, err.problem) from None
@@ -384,8 +390,12 @@ def _refuse_masked(params: Params, changed: Mapping[str, Any], path: Path) -> No
     for dotted, value in changed.items():
         effective = _get_dotted(resolved, dotted)
         if effective is not _MISSING and effective != value:
-            raise InputError(path, dotted, f"preset {params.preset!r} sets it to {effective!r}, which wins over "
-                             f"params.yaml: set it in presets/{params.preset}.yaml instead")
+            raise InputError(
+                path,
+                dotted,
+                f"preset {params.preset!r} sets it to {effective!r}, which wins over "
+                f"params.yaml: set it in presets/{params.preset}.yaml instead",
+            )
 
 
 def _get_dotted(node: Any, dotted: str) -> Any:
@@ -417,5 +427,15 @@ def _set_dotted(doc: Any, dotted: str, value: Any) -> None:
 
 
 def read_params(root: str | Path) -> Params:
-    """``root/params.yaml`` with its preset, validated."""
-    return load_params(Path(root) / PARAMS_FILE)
+    """``root/params.yaml`` with its preset, validated (the baselines against their registry too)."""
+    params = load_params(Path(root) / PARAMS_FILE)
+    validate_params_baselines(params)
+    return params
+
+
+def validate_params_baselines(params: Params) -> None:
+    """Every listed baseline and every ``baselines.<name>`` section against the baseline registry
+    (:class:`InputError` naming ``baselines.<name>.<key>``), before a run starts any stage."""
+    from gptst.training.baseline_config import validate_baselines  # imports the listed baselines' modules
+
+    validate_baselines(params)

@@ -64,8 +64,9 @@ def retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
 
 
 @task(name="dvc-repro", cache_policy=NO_CACHE)
-def repro_stage(workspace: str, stage: str, tracking_uri: str | None = None, pull: bool = False,
-                timeout: float | None = None) -> str:
+def repro_stage(
+    workspace: str, stage: str, tracking_uri: str | None = None, pull: bool = False, timeout: float | None = None
+) -> str:
     """``dvc repro --single-item <stage>`` (``--pull``: restore from the remote's run-cache); returns
     ``ran``, ``restored`` or ``unchanged``."""
     logger = get_run_logger()
@@ -89,8 +90,13 @@ def stage_task(stage: StageNode, orchestration: OrchestrationParams):
     )
 
 
-def run_stages(root: Path, stages: list[StageNode], orchestration: OrchestrationParams,
-               tracking_uri: str | None, pull: bool = False) -> dict[str, str]:
+def run_stages(
+    root: Path,
+    stages: list[StageNode],
+    orchestration: OrchestrationParams,
+    tracking_uri: str | None,
+    pull: bool = False,
+) -> dict[str, str]:
     """Reproduce ``stages`` one after another (DVC locks the workspace); the first failure stops the run."""
     outcomes = {}
     for stage in stages:
@@ -130,6 +136,7 @@ def dispatch_finetune(deployment: str, parameters: dict[str, Any], timeout: floa
 def committed_revision(root: Path, stages: list[StageNode]) -> str:
     """HEAD, which the workers check out; refuses uncommitted changes to the code or ``dvc.yaml``
     (the workers would train other code, and DVC here would then retrain instead of restoring)."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
 
@@ -141,13 +148,19 @@ def committed_revision(root: Path, stages: list[StageNode]) -> str:
     changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
     # params.yaml travels with the flow run; dvc.lock, .gitignore files and outputs are DVC's
     dirty = [
-        f for f in changed
-        if f not in (PARAMS_FILE, LOCK_FILE) and not f.endswith(".gitignore")
+        f
+        for f in changed
+        if f not in (PARAMS_FILE, LOCK_FILE)
+        and not f.endswith(".gitignore")
         and not any(f == o or f.startswith(o.rstrip("/") + "/") for o in outputs)
     ]
     if dirty:
-        raise InputError(root, "git", f"uncommitted changes to {dirty[:5]}: the workers check out the committed "
-                         f"revision {revision[:10]}; commit them first")
+        raise InputError(
+            root,
+            "git",
+            f"uncommitted changes to {dirty[:5]}: the workers check out the committed "
+            f"revision {revision[:10]}; commit them first",
+        )
     return revision
 
 
@@ -163,12 +176,25 @@ def check_pool_capacity(deployment: str) -> None:
         pool_name = client.read_deployment_by_name(deployment).work_pool_name
         limit = client.read_work_pool(pool_name).concurrency_limit if pool_name else None
     if parent_pool is not None and parent_pool == pool_name and limit is not None and limit < 2:
-        raise InputError("params.yaml", "orchestration.gpus", f"work pool {pool_name!r} runs one flow at a time and this "
-                         "flow holds it: start the scale-out run outside the pool or give the pool more workers")
+        raise InputError(
+            "params.yaml",
+            "orchestration.gpus",
+            f"work pool {pool_name!r} runs one flow at a time and this "
+            "flow holds it: start the scale-out run outside the pool or give the pool more workers",
+        )
 
 
-def scale_out_items(root: Path, items: list[StageNode], *, tracking_uri: str, deployment: str, source: str | None,
-                    workspaces: str | None, revision: str, orchestration: OrchestrationParams) -> list[str]:
+def scale_out_items(
+    root: Path,
+    items: list[StageNode],
+    *,
+    tracking_uri: str,
+    deployment: str,
+    source: str | None,
+    workspaces: str | None,
+    revision: str,
+    orchestration: OrchestrationParams,
+) -> list[str]:
     """Run each finetune item as a flow run of ``deployment`` (:mod:`flows.finetune`) on its work pool,
     all at once, and wait for them. Returns the flow run ids."""
     check_pool_capacity(deployment)
@@ -199,18 +225,21 @@ def publish_reports(root: Path, dataset: str, planned: set[str]) -> dict[str, st
         key = artifact_key("comparison", dataset)
         create_markdown_artifact(
             markdown=f"# Test-split comparison: {dataset}\n\n{comparison.read_text(encoding='utf-8')}",
-            key=key, description=f"reports/{dataset}/comparison.md (evaluate stage)",
+            key=key,
+            description=f"reports/{dataset}/comparison.md (evaluate stage)",
         )
         published["comparison"] = key
     promotion = root / "reports" / dataset / "promotion.json"
     if "promote" in planned and promotion.is_file():
         decisions = json.loads(promotion.read_text(encoding="utf-8")).get("decisions", [])
-        rows = "\n".join(f"| {d['model_name']} | {'yes' if d['promoted'] else 'no'} | {d['summary']} |"
-                         for d in decisions)
+        rows = "\n".join(
+            f"| {d['model_name']} | {'yes' if d['promoted'] else 'no'} | {d['summary']} |" for d in decisions
+        )
         key = artifact_key("promotion", dataset)
         create_markdown_artifact(
             markdown=f"# Champion promotion: {dataset}\n\n| model | promoted | decision |\n|---|---|---|\n{rows}\n",
-            key=key, description=f"reports/{dataset}/promotion.json (promote stage)",
+            key=key,
+            description=f"reports/{dataset}/promotion.json (promote stage)",
         )
         published["promotion"] = key
     return published
@@ -262,8 +291,16 @@ def pipeline(
         revision = committed_revision(root, stages)
         outcomes = run_stages(root, inputs, orchestration, tracking_uri)
         publish_inputs(str(root), [s.address for s in inputs], [d.path for d in sources if not d.is_import])
-        runs = scale_out_items(root, items, tracking_uri=shared_uri, deployment=finetune_deployment, source=source,
-                               workspaces=workspaces, revision=revision, orchestration=orchestration)
+        runs = scale_out_items(
+            root,
+            items,
+            tracking_uri=shared_uri,
+            deployment=finetune_deployment,
+            source=source,
+            workspaces=workspaces,
+            revision=revision,
+            orchestration=orchestration,
+        )
         logger.info("finetune flow runs finished: %s", runs)
         outcomes |= run_stages(root, [s for s in rest if s.is_item], orchestration, tracking_uri, pull=True)
         retrained = [s.address for s in rest if s.is_item and outcomes[s.address] == RAN]

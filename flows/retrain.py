@@ -73,7 +73,8 @@ def retrain(
     root = Path(workspace or ".").resolve()
     orchestration = read_params(root).orchestration
     synced = sync_raw_data.with_options(
-        retries=orchestration.task_retries, retry_delay_seconds=orchestration.retry_delay_seconds,
+        retries=orchestration.task_retries,
+        retry_delay_seconds=orchestration.retry_delay_seconds,
         retry_condition_fn=retry_transient,
     )(str(root), git_pull)
     summary = pipeline(workspace=str(root), tracking_uri=tracking_uri, scale_out=scale_out)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gptst.cli import run_stage
 from gptst.data.series import read_series_metadata
-from gptst.graph import build_adjacency, graph_checksum, write_adjacency
+from gptst.graph.adjacency import build_adjacency
+from gptst.graph.bundle import graph_checksum, write_adjacency
 from gptst.params import load_params
+from gptst.stage import run_stage
 from gptst.tracking import log_stage_run
 
 

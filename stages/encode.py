@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from gptst.cli import run_stage
 from gptst.data.series import load_series, read_series_metadata
 from gptst.device import resolve_device
-from gptst.graph import load_adjacency
+from gptst.graph.bundle import load_adjacency
 from gptst.io import sha256_file
 from gptst.models.encoded import write_encoded
 from gptst.models.gptst.bundle import check_compatible, load_encoder
 from gptst.params import load_params
+from gptst.stage import run_stage
 from gptst.tracking import log_stage_run
 from gptst.training.finetune import DownstreamData
 
@@ -39,18 +39,31 @@ def main(argv: list[str] | None = None) -> int:
         series = load_series(args.series)
         bundle = load_encoder(args.encoder, map_location=device)
         check_compatible(
-            bundle, t_in=params.windows.t_in, num_nodes=len(series.node_ids), channels=series.channels,
-            node_ids=series.node_ids, source=args.series,
+            bundle,
+            t_in=params.windows.t_in,
+            num_nodes=len(series.node_ids),
+            channels=series.channels,
+            node_ids=series.node_ids,
+            source=args.series,
         )
         data = DownstreamData.prepare(params, series, load_adjacency(args.adjacency), device)
         starts = np.concatenate([data.splits[name].starts for name in ("train", "val", "test")])
         index = write_encoded(
-            args.out, bundle, data.batcher, starts, encoder_sha256=sha256_file(args.encoder),
-            max_gb=params.finetune.encoder_cache_max_gb, batch_size=params.finetune.common.batch_size, device=device,
+            args.out,
+            bundle,
+            data.batcher,
+            starts,
+            encoder_sha256=sha256_file(args.encoder),
+            max_gb=params.finetune.encoder_cache_max_gb,
+            batch_size=params.finetune.common.batch_size,
+            device=device,
         )
         log_stage_run(
-            "encode", params, dataset_sha256=read_series_metadata(args.series).get("source_sha256", ""),
-            device=device, tags={"encoder_sha256": index.encoder_sha256, "mode": index.mode},
+            "encode",
+            params,
+            dataset_sha256=read_series_metadata(args.series).get("source_sha256", ""),
+            device=device,
+            tags={"encoder_sha256": index.encoder_sha256, "mode": index.mode},
             metrics={"windows": index.windows, "cache_gb": index.size_bytes / 2**30 if index.mode == "cached" else 0.0},
         )
         print(f"encode: {index.windows} windows, {index.mode} ({index.reason}) -> {args.out}")

@@ -10,25 +10,100 @@ tagged with the variant (idempotent: keyed by the bundle's DVC hash).
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 
-from gptst.cli import run_stage
-from gptst.data.series import load_series, read_series_metadata
+from gptst.data.series import SeriesData, load_series, read_series_metadata
 from gptst.device import resolve_device
 from gptst.errors import InputError
 from gptst.evaluation.predictions import write_predictions
-from gptst.graph import load_adjacency
+from gptst.graph.bundle import load_adjacency
 from gptst.io import sha256_file
-from gptst.models.encoded import EncodedCache
-from gptst.models.forecaster import ENCODER_VARIANTS, VARIANTS
+from gptst.layout import ENCODER_VARIANTS, VARIANTS, encoder_model_name, model_name
+from gptst.metrics import mlflow_metric_keys, write_metrics_json
+from gptst.models.baselines.registry import BaselineConfig, baseline_spec
+from gptst.models.encoded import INDEX, EncodedCache
 from gptst.models.forecaster_bundle import save_forecaster_bundle
-from gptst.models.gptst.bundle import load_encoder
-from gptst.params import load_params
+from gptst.models.gptst.bundle import EncoderBundle, load_encoder
+from gptst.params import Params, load_params
 from gptst.reporting import write_curves
+from gptst.stage import run_stage
 from gptst.tracking import stage_run
 from gptst.tracking.registry import find_version, md5_file, register_stage_output
-from gptst.training.finetune import DownstreamData, finetune
-from gptst.training.metrics import mlflow_metric_keys, write_metrics_json
+from gptst.training.baseline_config import baseline_config
+from gptst.training.finetune import DownstreamData, FinetuneResult, finetune
+from gptst.training.identity import run_identity
+
+# Every params section a finetune reads (its baseline's own section is added by name): a
+# checkpoint resumes only when all are unchanged, with the same inputs and code.
+FINETUNE_SECTIONS = ("seed", "windows", "dataset", "graph", "metrics", "finetune.common")
+METRICS_FILES = {"test": "metrics.json", "val": "val_metrics.json"}
+
+
+def _encoder_inputs(
+    args: argparse.Namespace, variant: str, dataset: str, device: str
+) -> tuple[EncoderBundle | None, EncodedCache | None, dict[str, str]]:
+    """The frozen encoder of a gptst variant, its cache (gptst only) and the lineage tags."""
+    if variant not in ENCODER_VARIANTS:
+        return None, None, {"encoder_version": "", "encoder_sha256": ""}
+    if args.encoder is None:
+        raise InputError("command line", "--encoder", f"variant {variant} needs the encoder bundle")
+    bundle = load_encoder(args.encoder, map_location=device)
+    encoder_sha = sha256_file(args.encoder)
+    cache = EncodedCache.open(args.encoded, encoder_sha) if variant == "gptst" and args.encoded is not None else None
+    version = find_version(encoder_model_name(dataset), md5_file(args.encoder)) if variant == "gptst" else None
+    return (
+        bundle,
+        cache,
+        {"encoder_version": version or ("random" if variant == "gptst_random" else ""), "encoder_sha256": encoder_sha},
+    )
+
+
+def _write_outputs(
+    args: argparse.Namespace,
+    params: Params,
+    series: SeriesData,
+    data: DownstreamData,
+    result: FinetuneResult,
+    section: BaselineConfig,
+    lineage: dict[str, str],
+) -> Path:
+    """The bundle, the test forecasts and the metrics JSONs of one finetune item; returns the bundle's path."""
+    name, variant, dataset = args.baseline, args.variant, params.dataset.name
+    model_path = save_forecaster_bundle(
+        args.out / "model.pt",
+        result.forecaster,
+        baseline=name,
+        baseline_params=section.model_dump(mode="json"),
+        scaler=data.scaler,
+        graph=data.graph,
+        channels=series.channels,
+        t_in=params.windows.t_in,
+        t_out=params.windows.t_out,
+        freq=series.freq,
+        dataset=dataset,
+        meta={
+            "seed": params.seed,
+            "best_epoch": result.fit.best_epoch,
+            "val_mae": result.val["avg"]["mae"],
+            "preset": params.preset or "",
+            **lineage,
+        },
+    )
+    write_predictions(
+        args.out / "predictions.npz", result.test_pred, result.test_starts, params.windows.t_in, series.node_ids
+    )
+    for split, table in (("test", result.test), ("val", result.val)):
+        write_metrics_json(
+            args.reports / METRICS_FILES[split],
+            dataset=dataset,
+            baseline=name,
+            variant=variant,
+            seed=params.seed,
+            split=split,
+            horizons=table,
+        )
+    return model_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,62 +123,63 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         params = load_params(args.params)
         name, variant, dataset = args.baseline, args.variant, params.dataset.name
-        if name not in type(params.baselines).model_fields:
-            raise InputError(args.params, "finetune.baselines", f"unknown baseline {name!r}")
+        section = baseline_config(params, name)  # its resolved config; InputError naming baselines.<name>.<key>
         series = load_series(args.series)
         sha = read_series_metadata(args.series).get("source_sha256", "")
         device = resolve_device(params.device)
         data = DownstreamData.prepare(params, series, load_adjacency(args.adjacency), device)
-        bundle, cache, encoder_tags = None, None, {"encoder_version": "", "encoder_sha256": ""}
-        if variant in ENCODER_VARIANTS:
-            if args.encoder is None:
-                raise InputError(args.encoder or "command line", "--encoder", f"variant {variant} needs the encoder bundle")
-            bundle = load_encoder(args.encoder, map_location=device)
-            encoder_sha = sha256_file(args.encoder)
-            if variant == "gptst" and args.encoded is not None:
-                cache = EncodedCache.open(args.encoded, encoder_sha)
-            version = find_version(f"gptst-encoder-{dataset}", md5_file(args.encoder)) if variant == "gptst" else None
-            encoder_tags = {"encoder_version": version or ("random" if variant == "gptst_random" else ""),
-                            "encoder_sha256": encoder_sha}
-        section = getattr(params.baselines, name)
-        fingerprint = ":".join(
-            [sha, name, variant, encoder_tags["encoder_sha256"],
-             params.digest("finetune", "windows", "seed", "dataset", "metrics"), section.model_dump_json()]
+        bundle, cache, encoder_tags = _encoder_inputs(args, variant, dataset, device)
+        identity = run_identity(
+            params,
+            FINETUNE_SECTIONS,
+            device=device,
+            extra={"baseline": f"{name}:{section.model_dump_json()}", "variant": variant},
+            inputs={
+                "series": args.series,
+                "adjacency": args.adjacency,
+                "encoder": args.encoder if bundle else None,
+                "encode_index": args.encoded / INDEX if variant == "gptst" and args.encoded else None,
+            },
+            code=[Path(__file__), Path(inspect.getfile(baseline_spec(name).cls))],
         )
         tags = {"baseline": name, "variant": variant, **encoder_tags}
         with stage_run(
-            "finetune_gptst" if variant in ENCODER_VARIANTS else "finetune", params, dataset_sha256=sha, device=device,
-            sections=("windows", "finetune"), tags=tags,
+            "finetune_gptst" if variant in ENCODER_VARIANTS else "finetune",
+            params,
+            dataset_sha256=sha,
+            device=device,
+            sections=("windows", "finetune"),
+            tags=tags,
         ) as run:
             import mlflow
 
             mlflow.log_params({f"baselines.{name}.{k}": v for k, v in section.model_dump(mode="json").items()})
             result = finetune(
-                params, data, name, variant, encoder_bundle=bundle, cache=cache, state_dir=args.state, device=device,
-                log_fn=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), fingerprint=fingerprint,
+                params,
+                data,
+                name,
+                variant,
+                encoder_bundle=bundle,
+                cache=cache,
+                state_dir=args.state,
+                device=device,
+                log_fn=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch),
+                identity=identity,
             )
-            args.out.mkdir(parents=True, exist_ok=True)
-            model_path = save_forecaster_bundle(
-                args.out / "model.pt", result.forecaster, baseline=name, baseline_params=section.model_dump(mode="json"),
-                scaler=data.scaler, graph=data.graph, channels=series.channels, t_in=params.windows.t_in,
-                t_out=params.windows.t_out, freq=series.freq, dataset=dataset,
-                meta={"dataset_sha256": sha, "seed": params.seed, "best_epoch": result.fit.best_epoch,
-                      "val_mae": result.val["avg"]["mae"], "preset": params.preset or "", **encoder_tags},
+            model_path = _write_outputs(
+                args, params, series, data, result, section, {"dataset_sha256": sha, **encoder_tags}
             )
-            write_predictions(args.out / "predictions.npz", result.test_pred, result.test_starts,
-                              params.windows.t_in, series.node_ids)
-            args.reports.mkdir(parents=True, exist_ok=True)
             for split, table in (("test", result.test), ("val", result.val)):
-                write_metrics_json(
-                    args.reports / ("metrics.json" if split == "test" else "val_metrics.json"), dataset=dataset,
-                    baseline=name, variant=variant, seed=params.seed, split=split, horizons=table,
-                )
                 mlflow.log_metrics(mlflow_metric_keys(split, table))
             write_curves(result.fit.history, args.reports / "curves.csv")
             mlflow.log_metrics({"best_epoch": result.fit.best_epoch})
             mlflow.log_artifact(str(model_path), artifact_path="model")
             registered = register_stage_output(
-                f"{name}-{dataset}", model_path, "model", run, params,
+                model_name(name, dataset),
+                model_path,
+                "model",
+                run,
+                params,
                 {"baseline": name, "variant": variant, "dataset_sha256": sha, **encoder_tags},
             )
         print(

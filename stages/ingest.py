@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gptst.cli import run_stage
 from gptst.data.ingest import ingest
 from gptst.params import load_params
+from gptst.stage import run_stage
 from gptst.tracking import log_stage_run
 
 

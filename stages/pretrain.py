@@ -13,18 +13,21 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from gptst.cli import run_stage
-from gptst.data.calendar import steps_per_day
 from gptst.data.series import load_series, read_series_metadata
 from gptst.device import resolve_device
 from gptst.io import write_json
-from gptst.models.gptst.bundle import save_encoder_bundle
+from gptst.layout import encoder_model_name
 from gptst.params import load_params
 from gptst.reporting import plot_curves, write_curves
+from gptst.stage import run_stage
 from gptst.tracking import stage_run
 from gptst.tracking.registry import register_stage_output
+from gptst.training.identity import run_identity
 from gptst.training.pretrain import pretrain
 from gptst.training.trainer import Distributed
+
+# Every params section pre-training reads: a checkpoint resumes only when all are unchanged.
+PRETRAIN_SECTIONS = ("seed", "windows", "dataset", "pretrain")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         if device == "cuda" and dist.world > 1:
             device = f"cuda:{dist.local_rank}"
         dist.init(device)
-        # The checkpoint only resumes a run of the same data and training parameters.
-        fingerprint = f"{sha}:{params.digest('pretrain', 'windows', 'seed', 'dataset')}"
+        identity = run_identity(
+            params, PRETRAIN_SECTIONS, inputs={"series": args.series}, code=[Path(__file__)], device=device
+        )
         tracking = (
             stage_run("pretrain", params, dataset_sha256=sha, device=device, sections=("pretrain", "windows"))
             if dist.is_main
@@ -57,45 +61,25 @@ def main(argv: list[str] | None = None) -> int:
 
             log_fn = (lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch)) if dist.is_main else None
             result = pretrain(
-                params, series, state_dir=args.state, device=device, dist=dist, log_fn=log_fn, fingerprint=fingerprint
+                params, series, state_dir=args.state, device=device, dist=dist, log_fn=log_fn, identity=identity
             )
             if not dist.is_main:
                 return
-            metrics = {
-                "dataset": params.dataset.name,
-                "preset": params.preset,
-                "seed": params.seed,
-                "best_epoch": result.fit.best_epoch,
-                "epochs_run": result.fit.epochs_run,
-                "stopped_early": result.fit.stopped_early,
-                "change_epoch": result.change_epoch,
-                "val_mae": result.val_mae,
-                "val_mae_mixed_mask": result.val_mae_mixed_mask,
-                "train_windows": len(result.splits.train),
-                "val_windows": len(result.splits.val),
-                "params": sum(p.numel() for p in result.model.parameters()),
-            }
-            save_encoder_bundle(
-                args.out,
-                result.model,
-                scaler=result.scaler,
-                node_ids=series.node_ids,
-                channels=series.channels,
-                freq=series.freq,
-                steps_per_day=steps_per_day(series.freq),
-                dataset=params.dataset.name,
-                meta={"params_hash": params.digest(), "dataset_sha256": sha, "preset": params.preset or "",
-                      "val_mae": result.val_mae, "best_epoch": result.fit.best_epoch},
-            )
+            result.save_encoder(args.out, params, series, dataset_sha256=sha)
             curves = write_curves(result.fit.history, args.reports / "curves.csv")
             plot_curves(curves, args.reports / "curves.png", title=f"GPT-ST pre-training, {params.dataset.name}")
-            write_json(args.reports / "metrics.json", metrics)
-            mlflow.log_metrics({"best_val_mae": result.val_mae, "val_mae_mixed_mask": result.val_mae_mixed_mask,
-                                "best_epoch": result.fit.best_epoch})
+            write_json(args.reports / "metrics.json", result.metrics(params))
+            mlflow.log_metrics(
+                {
+                    "best_val_mae": result.val_mae,
+                    "val_mae_mixed_mask": result.val_mae_mixed_mask,
+                    "best_epoch": result.fit.best_epoch,
+                }
+            )
             mlflow.log_artifact(str(args.out), artifact_path="encoder")
             mlflow.log_artifact(str(args.reports / "curves.png"))
             registered = register_stage_output(
-                f"gptst-encoder-{params.dataset.name}", args.out, "encoder", run, params, {"dataset_sha256": sha}
+                encoder_model_name(params.dataset.name), args.out, "encoder", run, params, {"dataset_sha256": sha}
             )
         print(
             f"pretrain: best epoch {result.fit.best_epoch}/{params.pretrain.epochs}, val MAE {result.val_mae:.3f} "

@@ -1,23 +1,21 @@
 """DVC stage `validate`: Great Expectations on the series and the graph; blocks bad data.
 
 Writes the GX result, an offline summary and DVC metrics under --out whether or not the data
-passes; exits 1 (naming the failed expectations and examples) when a blocking one fails.
+passes; exits 3 (gptst.errors.EXIT_INVALID_DATA, naming the failed expectations and examples) when a blocking one fails.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from gptst.cli import run_stage
 from gptst.data.series import load_series, read_series_metadata
-from gptst.graph import load_adjacency
+from gptst.errors import InvalidDataError
+from gptst.graph.bundle import load_adjacency
 from gptst.params import load_params
+from gptst.stage import run_stage
 from gptst.tracking import log_stage_run
-from gptst.validation import validate_dataset
-
-EXIT_INVALID_DATA = 1
+from gptst.validation.validate import validate_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="report folder")
     args = parser.parse_args(argv)
 
-    def body() -> int:
+    def body() -> None:
         params = load_params(args.params)
         series = load_series(args.series)
         graph = load_adjacency(args.adjacency)
@@ -61,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
             f"report in {args.out} (MLflow run {run_id})"
         )
         if report.zero_node_ids:
-            print(f"validate: {len(report.zero_node_ids)} nodes are zero at every step: {report.zero_node_ids[:10]} ...")
+            print(
+                f"validate: {len(report.zero_node_ids)} nodes are zero at every step: {report.zero_node_ids[:10]} ..."
+            )
         if not report.success:
-            print(f"error: validation failed for {args.series}:\n{report.message}", file=sys.stderr)
-            return EXIT_INVALID_DATA
-        return 0
+            raise InvalidDataError(args.series, None, f"validation failed:\n{report.message}")
 
     return run_stage(body)
 

@@ -67,9 +67,7 @@ def week(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def raw100(tmp_path_factory: pytest.TempPathFactory):
     """The first 100 raw METR-LA steps [100, 207, 1]: zeros are real missing readings."""
-    return _ingested(
-        tmp_path_factory, TEST_DATA / "metr-la-raw100" / "metr-la-raw100.h5", kind="speed", null_value=0.0
-    )
+    return _ingested(tmp_path_factory, TEST_DATA / "metr-la-raw100" / "metr-la-raw100.h5", kind="speed", null_value=0.0)
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,10 @@ from .conftest import REPO_ROOT
 # Resume checkpoints of a run in progress in the project: never part of a clone.
 CHECKPOINT_FOLDERS = {"pretrain_state", "finetune_state"}
 GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
-    "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
 }
 
 
@@ -28,7 +30,10 @@ def project_files(root: Path) -> list[str]:
     """What a clone would contain: tracked files plus new, not ignored ones (the working tree)."""
     out = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=root, capture_output=True, text=True, check=True,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return [f for f in out.split("\0") if f and (root / f).is_file()]
 
@@ -47,8 +52,15 @@ class Clone:
             raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def dvc(self, *args: str, name: str | None = None) -> subprocess.CompletedProcess:
-        return self.run(sys.executable, "-m", "dvc", *args, name=name)
+    def dvc(self, *args: str, name: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, "-m", "dvc", *args, name=name, check=check)
+
+    def edit_params(self, **sections: dict) -> None:
+        """Update top-level ``params.yaml`` sections key by key (``graph={"symmetric": True}``)."""
+        values = yaml.safe_load((self.root / "params.yaml").read_text())
+        for key, update in sections.items():
+            values[key].update(update)
+        (self.root / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
 
     @property
     def tracking_uri(self) -> str:

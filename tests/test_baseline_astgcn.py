@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from gptst.graph import chebyshev_polynomials, scaled_laplacian
-from gptst.models.baselines import build_baseline
-from gptst.params import AstgcnParams
+from gptst.graph.normalize import chebyshev_polynomials, scaled_laplacian
+from gptst.models.baselines.astgcn import AstgcnConfig
+from gptst.models.baselines.registry import build_baseline
 
 from .baseline_checks import (
     assert_dropout_only_in_training,
@@ -22,16 +22,23 @@ from .baseline_checks import (
 )
 
 NODES = 30
+GPTST_REPO_COUNTS = (207_176, 179_456)  # the GPT-ST repository's, PEMS08 N = 170, in_dim 64 / 1 (BASELINES.md)
 # Narrow filters so every test runs in seconds on one thread; the structure (2 blocks,
 # Chebyshev K = 3, attention over steps and nodes) is the reference's.
-SMALL = AstgcnParams(chev_filters=16, time_filters=16)
+SMALL = AstgcnConfig(chev_filters=16, time_filters=16)
 
 
-def _build(week, params: AstgcnParams = SMALL, *, in_dim: int = 1, in_steps: int = 12, out_steps: int = 12):
+def _build(week, params: AstgcnConfig = SMALL, *, in_dim: int = 1, in_steps: int = 12, out_steps: int = 12):
     torch.manual_seed(0)
     return build_baseline(
-        "astgcn", num_nodes=NODES, in_dim=in_dim, out_dim=1, in_steps=in_steps, out_steps=out_steps,
-        graph=week_graph(week, nodes=NODES), params=params,
+        "astgcn",
+        num_nodes=NODES,
+        in_dim=in_dim,
+        out_dim=1,
+        in_steps=in_steps,
+        out_steps=out_steps,
+        graph=week_graph(week, nodes=NODES),
+        params=params,
     )
 
 
@@ -65,8 +72,14 @@ def test_attention_trains_at_full_size_with_widevariant_inputs(week, in_dim):
     x, y, scaler = week_windows(week, windows=2)
     torch.manual_seed(0)
     model = build_baseline(
-        "astgcn", num_nodes=nodes, in_dim=in_dim, out_dim=1, in_steps=12, out_steps=12,
-        graph=week_graph(week), params=AstgcnParams(),
+        "astgcn",
+        num_nodes=nodes,
+        in_dim=in_dim,
+        out_dim=1,
+        in_steps=12,
+        out_steps=12,
+        graph=week_graph(week),
+        params=AstgcnConfig(),
     )
     assert_forward_backward(model, variant_inputs(week, x, in_dim), y, scaler)
 
@@ -134,7 +147,7 @@ def test_reference_parameter_count():
     """Default params at PEMS08 (N=170, 12 -> 12): 207,176 (in_dim 64) and 179,456 (in_dim 1),
     exactly the GPT-ST repo's counts; the first block's attention, Chebyshev weights and
     residual convolution are the parts that grow with the input channels."""
-    assert assert_reference_parameter_count("astgcn") == (207_176, 179_456)
+    assert assert_reference_parameter_count("astgcn", GPTST_REPO_COUNTS) == (207_176, 179_456)
 
 
 def test_eval_mode_is_deterministic(week):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptst.models.baselines import build_baseline
-from gptst.params import MtgnnParams
+from gptst.models.baselines.mtgnn import MtgnnConfig
+from gptst.models.baselines.registry import build_baseline
 
 from .baseline_checks import (
     assert_dropout_only_in_training,
@@ -19,18 +19,25 @@ from .baseline_checks import (
 )
 
 NODES = 30
+GPTST_REPO_COUNTS = (430_140, 351_516)  # the GPT-ST repository's, PEMS08 N = 170, in_dim 64 / 1 (BASELINES.md)
 # Small enough to run in seconds on one thread; the structure (3 layers, depth-2 mix-hop,
 # kernels 2/3/6/7) is the reference's.
-SMALL = MtgnnParams(
+SMALL = MtgnnConfig(
     subgraph_size=8, node_dim=8, conv_channels=8, residual_channels=8, skip_channels=16, end_channels=32
 )
 
 
-def _build(week, params: MtgnnParams = SMALL, *, in_dim: int = 1, in_steps: int = 12, out_steps: int = 12):
+def _build(week, params: MtgnnConfig = SMALL, *, in_dim: int = 1, in_steps: int = 12, out_steps: int = 12):
     torch.manual_seed(0)
     return build_baseline(
-        "mtgnn", num_nodes=NODES, in_dim=in_dim, out_dim=1, in_steps=in_steps, out_steps=out_steps,
-        graph=week_graph(week, nodes=NODES), params=params,
+        "mtgnn",
+        num_nodes=NODES,
+        in_dim=in_dim,
+        out_dim=1,
+        in_steps=in_steps,
+        out_steps=out_steps,
+        graph=week_graph(week, nodes=NODES),
+        params=params,
     )
 
 
@@ -65,7 +72,7 @@ def test_reference_parameter_count():
     vs the GPT-ST repo's 430,140 / 351,516. The 3,168 difference is the reference's three
     ``residual_convs`` (32x32 + 32 each), which it builds but never uses when the graph
     convolution is on; we do not build dead weights. Everything else matches exactly."""
-    assert assert_reference_parameter_count("mtgnn") == (426_972, 348_348)
+    assert assert_reference_parameter_count("mtgnn", GPTST_REPO_COUNTS) == (426_972, 348_348)
 
 
 def test_learned_graph_is_top_k_sparse_and_uni_directional(week):
@@ -94,3 +101,13 @@ def test_eval_mode_is_deterministic(week):
     x, _, _ = week_windows(week, windows=2, nodes=NODES)
     model = _build(week, SMALL.model_copy(update={"dropout": 0.3}))
     assert_dropout_only_in_training(model, x)
+
+
+def test_the_skip_connections_compute_the_full_width_convolution_as_a_matmul():
+    """Same result as nn.Conv2d with a (1, T) kernel over all T steps (the matmul avoids oneDNN's
+    NaN weight gradients for that shape on CPU)."""
+    from gptst.models.baselines.mtgnn import _full_width
+
+    torch.manual_seed(0)
+    conv, h = torch.nn.Conv2d(5, 7, kernel_size=(1, 9)), torch.randn(3, 5, 11, 9)
+    assert torch.allclose(_full_width(conv, h), conv(h), atol=1e-5)

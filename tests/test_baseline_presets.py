@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptst.models.baselines import build_baseline
-from gptst.models.forecaster import VARIANTS, input_dim
+from gptst.layout import VARIANTS
+from gptst.models.baselines.registry import build_baseline
+from gptst.models.forecaster import input_dim
 from gptst.params import load_params
+from gptst.training.baseline_config import baseline_config
 
 from .baseline_checks import week_graph
 from .conftest import REPO_ROOT
@@ -25,13 +27,24 @@ def test_every_preset_builds_every_default_baseline_in_every_variant(preset, wee
     for name in params.finetune.baselines:
         for variant in VARIANTS:
             build_baseline(
-                name, num_nodes=len(week.node_ids), in_dim=input_dim(variant, 1, params.pretrain.model.hidden),
-                out_dim=1, in_steps=params.windows.t_in, out_steps=params.windows.t_out, graph=graph,
-                params=getattr(params.baselines, name),
+                name,
+                num_nodes=len(week.node_ids),
+                in_dim=input_dim(variant, 1, params.pretrain.model.hidden),
+                out_dim=1,
+                in_steps=params.windows.t_in,
+                out_steps=params.windows.t_out,
+                graph=graph,
+                params=baseline_config(params, name),
             )
         with torch.no_grad():  # the plain variant's forward pass: shapes fit end to end
             out = build_baseline(
-                name, num_nodes=len(week.node_ids), in_dim=1, out_dim=1, in_steps=params.windows.t_in,
-                out_steps=params.windows.t_out, graph=graph, params=getattr(params.baselines, name),
+                name,
+                num_nodes=len(week.node_ids),
+                in_dim=1,
+                out_dim=1,
+                in_steps=params.windows.t_in,
+                out_steps=params.windows.t_out,
+                graph=graph,
+                params=baseline_config(params, name),
             ).eval()(x)
         assert out.shape == (1, params.windows.t_out, len(week.node_ids), 1), (preset, name)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptst.graph import chebyshev_polynomials, scaled_laplacian
-from gptst.models.baselines import build_baseline
-from gptst.params import StgcnParams
+from gptst.graph.normalize import chebyshev_polynomials, scaled_laplacian
+from gptst.models.baselines.registry import build_baseline
+from gptst.models.baselines.stgcn import StgcnConfig
 
 from .baseline_checks import (
     assert_dropout_only_in_training,
@@ -21,16 +21,23 @@ from .baseline_checks import (
 )
 
 NODES = 30
+GPTST_REPO_COUNTS = (277_697, 263_521)  # the GPT-ST repository's, PEMS08 N = 170, in_dim 64 / 1 (BASELINES.md)
 # Narrow channels so every test runs in seconds on one thread; the structure (two blocks of
 # bottleneck -> output channels, Chebyshev K = 3, temporal kernels 3) is the reference's.
-SMALL = StgcnParams(block_channels=[[8, 16], [8, 32]])
+SMALL = StgcnConfig(block_channels=[[8, 16], [8, 32]])
 
 
-def _build(week, params: StgcnParams = SMALL, *, in_dim: int = 1, in_steps: int = 12, out_steps: int = 12):
+def _build(week, params: StgcnConfig = SMALL, *, in_dim: int = 1, in_steps: int = 12, out_steps: int = 12):
     torch.manual_seed(0)
     return build_baseline(
-        "stgcn", num_nodes=NODES, in_dim=in_dim, out_dim=1, in_steps=in_steps, out_steps=out_steps,
-        graph=week_graph(week, nodes=NODES), params=params,
+        "stgcn",
+        num_nodes=NODES,
+        in_dim=in_dim,
+        out_dim=1,
+        in_steps=in_steps,
+        out_steps=out_steps,
+        graph=week_graph(week, nodes=NODES),
+        params=params,
     )
 
 
@@ -93,7 +100,7 @@ def test_reference_parameter_count():
     exactly the GPT-ST repo's counts; the 14,176 difference is the first block's wider gated
     convolution (63 x 3 x 64 = 12,096) and the 1x1 convolution narrowing 64 residual channels
     to 32 (2,080), which a single input channel zero-pads instead."""
-    assert assert_reference_parameter_count("stgcn") == (277_697, 263_521)
+    assert assert_reference_parameter_count("stgcn", GPTST_REPO_COUNTS) == (277_697, 263_521)
 
 
 def test_eval_mode_is_deterministic(week):

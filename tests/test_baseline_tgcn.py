@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from gptst.graph import normalized_adjacency
-from gptst.models.baselines import build_baseline
-from gptst.params import TgcnParams
+from gptst.graph.normalize import normalized_adjacency
+from gptst.models.baselines.registry import build_baseline
+from gptst.models.baselines.tgcn import TgcnConfig
 
 from .baseline_checks import (
     assert_dropout_only_in_training,
@@ -22,15 +22,22 @@ from .baseline_checks import (
 )
 
 NODES = 30
-SMALL = TgcnParams(hidden=16)  # the reference has 100 units; 16 keeps the tests fast
+GPTST_REPO_COUNTS = (50_712, 31_812)  # the GPT-ST repository's, PEMS08 N = 170, in_dim 64 / 1 (BASELINES.md)
+SMALL = TgcnConfig(hidden=16)  # the reference has 100 units; 16 keeps the tests fast
 MORNING = 7 * 12  # 07:00, in 5-minute steps from the first reading (midnight)
 
 
-def _build(week, params: TgcnParams = SMALL, *, in_dim: int = 1, in_steps: int = 12, out_steps: int = 12):
+def _build(week, params: TgcnConfig = SMALL, *, in_dim: int = 1, in_steps: int = 12, out_steps: int = 12):
     torch.manual_seed(0)
     return build_baseline(
-        "tgcn", num_nodes=NODES, in_dim=in_dim, out_dim=1, in_steps=in_steps, out_steps=out_steps,
-        graph=week_graph(week, nodes=NODES), params=params,
+        "tgcn",
+        num_nodes=NODES,
+        in_dim=in_dim,
+        out_dim=1,
+        in_steps=in_steps,
+        out_steps=out_steps,
+        graph=week_graph(week, nodes=NODES),
+        params=params,
     )
 
 
@@ -53,7 +60,7 @@ def test_hidden_state_has_the_configured_size_per_node(week):
     """The encoder leaves ``hidden`` units per node (100 by default, as in the reference), and
     both graph convolutions read the input channels concatenated with the state."""
     x, _, _ = week_windows(week, windows=2, nodes=NODES)
-    model = _build(week, TgcnParams(), in_dim=5)
+    model = _build(week, TgcnConfig(), in_dim=5)
     with torch.no_grad():
         h = model.encode(variant_inputs(week, x, 5))
     assert h.shape == (2, NODES, 100)
@@ -97,14 +104,14 @@ def test_overfits_eight_fixed_windows(week):
     it reaches the per-node levels quickly and then plateaus (2.6 after 300 steps at 16 units).
     The morning windows have trends that state can carry; 32 units and lr 0.02 keep it quick."""
     x, y, scaler = week_windows(week, windows=8, nodes=NODES, first=MORNING)
-    assert_overfits(_build(week, TgcnParams(hidden=32)), x, y, scaler, lr=0.02)
+    assert_overfits(_build(week, TgcnConfig(hidden=32)), x, y, scaler, lr=0.02)
 
 
 def test_reference_parameter_count():
     """Default params at PEMS08 (N=170, 12 -> 12): 50,712 (in_dim 64) and 31,812 (in_dim 1),
     exactly the GPT-ST repo's counts (two graph-convolution weight/bias pairs on [x, h] and
     the 100 -> 12 output layer)."""
-    assert assert_reference_parameter_count("tgcn") == (50_712, 31_812)
+    assert assert_reference_parameter_count("tgcn", GPTST_REPO_COUNTS) == (50_712, 31_812)
 
 
 def test_eval_mode_is_deterministic(week):

@@ -14,9 +14,11 @@ import yaml
 
 from gptst.cli import main
 from gptst.data.series import write_series
-from gptst.graph import GraphBundle, build_adjacency, write_adjacency
-from gptst.models.baselines import build_baseline, parameter_count, registered_baselines
+from gptst.graph.adjacency import build_adjacency
+from gptst.graph.bundle import GraphBundle, write_adjacency
+from gptst.models.baselines.registry import build_baseline, parameter_count, registered_baselines
 from gptst.params import load_params
+from gptst.training.baseline_config import baseline_config
 
 from .conftest import REPO_ROOT, TEST_DATA, WEEK_DIR
 
@@ -95,15 +97,21 @@ def test_counts_every_registered_baseline_as_finetune_builds_it_from_the_raw_fil
         expected = tuple(
             parameter_count(
                 build_baseline(
-                    name, num_nodes=207, in_dim=width, out_dim=1, in_steps=12, out_steps=12, graph=graph,
-                    params=getattr(params.baselines, name),
+                    name,
+                    num_nodes=207,
+                    in_dim=width,
+                    out_dim=1,
+                    in_steps=12,
+                    out_steps=12,
+                    graph=graph,
+                    params=baseline_config(params, name),
                 )
             )
             for width in (1, 5, hidden)
         )
         assert counts == expected, name
     # T-GCN in closed form: two graph-convolution weight/bias pairs on [x, h] and the h -> 12 head.
-    h = params.baselines.tgcn.hidden
+    h = baseline_config(params, "tgcn").hidden
     assert table["tgcn"] == tuple(3 * h * (width + h) + 3 * h + 12 * (h + 1) for width in (1, 5, hidden))
 
 
@@ -145,13 +153,18 @@ def test_multi_channel_data_widens_plain_and_calendar(project, capsys):
     channels, calendar 2 + 4, gptst the hidden size; every baseline forecasts both channels, so
     T-GCN's head is h -> 12 x 2."""
     project.set(
-        "dataset", name="nycbike-grid", kind="demand", series=str(TEST_DATA / "nycbike-grid" / "nycbike-grid.npz"),
-        graph=str(TEST_DATA / "nycbike-grid" / "adj_mx.npz"), channel_names=["inflow", "outflow"], null_value=None,
+        "dataset",
+        name="nycbike-grid",
+        kind="demand",
+        series=str(TEST_DATA / "nycbike-grid" / "nycbike-grid.npz"),
+        graph=str(TEST_DATA / "nycbike-grid" / "adj_mx.npz"),
+        channel_names=["inflow", "outflow"],
+        null_value=None,
     )
     code, out, _ = project.run(capsys)
     assert code == 0
     params = load_params(project.params_file)
-    hidden, h = params.pretrain.model.hidden, params.baselines.tgcn.hidden
+    hidden, h = params.pretrain.model.hidden, baseline_config(params, "tgcn").hidden
     assert "128 nodes, 2 channels (inflow, outflow)" in out
     assert "plain (in 2)" in out and "calendar (in 6)" in out and f"gptst (in {hidden})" in out
     table = rows(out)

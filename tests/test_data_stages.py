@@ -42,14 +42,28 @@ class Project:
 
     def adjacency(self) -> int:
         return adjacency_stage.main(
-            ["--params", str(self.root / "params.yaml"), "--series", str(self.out / "series.parquet"),
-             "--out", str(self.out / "adjacency.npz")]
+            [
+                "--params",
+                str(self.root / "params.yaml"),
+                "--series",
+                str(self.out / "series.parquet"),
+                "--out",
+                str(self.out / "adjacency.npz"),
+            ]
         )
 
     def validate(self) -> int:
         return validate_stage.main(
-            ["--params", str(self.root / "params.yaml"), "--series", str(self.out / "series.parquet"),
-             "--adjacency", str(self.out / "adjacency.npz"), "--out", str(self.reports)]
+            [
+                "--params",
+                str(self.root / "params.yaml"),
+                "--series",
+                str(self.out / "series.parquet"),
+                "--adjacency",
+                str(self.out / "adjacency.npz"),
+                "--out",
+                str(self.reports),
+            ]
         )
 
     def all(self) -> list[int]:
@@ -94,9 +108,7 @@ def test_a_per_node_missing_threshold_of_half_blocks_and_names_sensor_718072(raw
     assert "718072" in err and "missing_share" in err
     assert "759602" not in err  # 33% missing: under the threshold
     result = json.loads((raw100.reports / "gx_result.json").read_text())
-    failed = [
-        r for suite in result["validation_results"] for r in suite["results"] if not r["success"]
-    ]
+    failed = [r for suite in result["validation_results"] for r in suite["results"] if not r["success"]]
     assert [r["expectation_config"]["type"] for r in failed] == ["expect_column_values_to_be_between"]
     assert failed[0]["expectation_config"]["kwargs"]["column"] == "missing_share"
     assert failed[0]["result"]["unexpected_count"] == 1
@@ -125,7 +137,9 @@ def test_defective_series_pass_ingest_and_are_blocked_by_validate(
     result = json.loads((project.reports / "gx_result.json").read_text())
     failed_columns = {
         r["expectation_config"]["kwargs"].get("column")
-        for suite in result["validation_results"] for r in suite["results"] if not r["success"]
+        for suite in result["validation_results"]
+        for r in suite["results"]
+        if not r["success"]
     }
     assert expectation in failed_columns
     assert (project.reports / "summary.md").read_text().count("FAIL") >= 1
@@ -162,9 +176,7 @@ def test_a_bad_graph_fails_the_adjacency_stage_and_keeps_the_previous_adjacency(
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pkl"
-    evil.write_bytes(
-        b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
-    )
+    evil.write_bytes(b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
     raw100.set(graph=str(evil))
     assert raw100.adjacency() == 2
     err = capsys.readouterr().err

@@ -25,12 +25,11 @@ from gptst.data.batch import WindowBatcher
 from gptst.data.scaler import fit_train_scaler
 from gptst.data.series import load_series, write_series
 from gptst.data.windows import make_splits
-from gptst.models.gptst import GptstConfig, build_model
-from gptst.models.gptst.masker import AdaptiveMasker
+from gptst.models.gptst.model import build_model
 from gptst.models.gptst.objective import PretrainObjective
 from gptst.params import load_params
 from gptst.training.grad import clip_grad_norm
-from gptst.training.pretrain import zero_value
+from gptst.training.pretrain import gptst_config, pretrain_masker, zero_value
 from gptst.training.trainer import epoch_batches
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,14 +72,17 @@ def reference_run(params, series) -> SimpleNamespace:
     splits = make_splits(len(series.timestamps), params.dataset.split, windows)
     scaler = fit_train_scaler(series, splits.steps)
     batcher = WindowBatcher.from_series(series, scaler, windows.t_in, windows.t_out)
-    cfg = GptstConfig.from_params(
-        pre.model, num_nodes=len(series.node_ids), t_in=windows.t_in, channels=len(series.channels),
+    cfg = gptst_config(
+        pre.model,
+        num_nodes=len(series.node_ids),
+        t_in=windows.t_in,
+        channels=len(series.channels),
         zero_value=zero_value(scaler),
     )
     torch.manual_seed(params.seed)
     model = build_model(cfg)
     initial = {f"model.{k}": v.clone() for k, v in model.state_dict().items()}  # keys as the trainer's
-    maskers = [AdaptiveMasker.from_params(pre, seed=params.seed + rank) for rank in range(WORLD)]
+    maskers = [pretrain_masker(pre, seed=params.seed + rank) for rank in range(WORLD)]
     objectives = [
         PretrainObjective(model, masker, scaler, series.null_value, pre.kl_weight, pre.change_epoch)
         for masker in maskers
@@ -92,7 +94,9 @@ def reference_run(params, series) -> SimpleNamespace:
     train_loss = []  # per epoch: the mean over steps of the mean over ranks of the local losses
     for epoch in range(1, pre.epochs + 1):
         shards = [
-            epoch_batches(splits.train.starts, pre.batch_size, epoch, params.seed, rank, WORLD)[: pre.max_batches_per_epoch]
+            epoch_batches(splits.train.starts, pre.batch_size, epoch, params.seed, rank, WORLD)[
+                : pre.max_batches_per_epoch
+            ]
             for rank in range(WORLD)
         ]
         assert len({len(s) for s in shards}) == 1 and len(shards[0]) == pre.max_batches_per_epoch
@@ -110,7 +114,10 @@ def reference_run(params, series) -> SimpleNamespace:
         train_loss.append(sum(step_losses) / len(step_losses))
     # The trainer trains (and checkpoints) the objective, whose only submodule is the model.
     return SimpleNamespace(
-        weights=objectives[0].state_dict(), optimizer=optimizer.state_dict(), maskers=maskers, initial=initial,
+        weights=objectives[0].state_dict(),
+        optimizer=optimizer.state_dict(),
+        maskers=maskers,
+        initial=initial,
         train_loss=train_loss,
     )
 
@@ -121,18 +128,38 @@ def ddp_run(week, tmp_path_factory):
     work = tmp_path_factory.mktemp("ddp")
     sliced = replace(week, values=week.values[:, NODES].copy(), node_ids=[week.node_ids[i] for i in NODES])
     write_series(work / "series.parquet", sliced)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    env.update(
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    )
     cmd = [
-        str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", str(WORLD), str(WORKER),
-        "--params", str(REPO / "params.yaml"), "--overrides", json.dumps(OVERRIDES),
-        "--series", str(work / "series.parquet"), "--out", str(work),
+        str(Path(sys.executable).parent / "torchrun"),
+        "--standalone",
+        "--nproc_per_node",
+        str(WORLD),
+        str(WORKER),
+        "--params",
+        str(REPO / "params.yaml"),
+        "--overrides",
+        json.dumps(OVERRIDES),
+        "--series",
+        str(work / "series.parquet"),
+        "--out",
+        str(work),
     ]
     proc = subprocess.run(cmd, check=False, cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
     ranks = [torch.load(work / f"final_rank{r}.pt", weights_only=True) for r in range(WORLD)]
     last = torch.load(work / "state" / "last.pt", weights_only=True)
-    rank_states = [torch.load(work / "state" / f"rank{r}.epoch{last['epoch']}.pt", weights_only=True) for r in range(WORLD)]
+    rank_states = [
+        torch.load(work / "state" / f"rank{r}.epoch{last['epoch']}.pt", weights_only=True) for r in range(WORLD)
+    ]
 
     params = load_params(REPO / "params.yaml", overrides=dict(OVERRIDES))
     threads = torch.get_num_threads()
@@ -142,8 +169,14 @@ def ddp_run(week, tmp_path_factory):
             reference = reference_run(params, load_series(work / "series.parquet"))
     finally:
         torch.set_num_threads(threads)
-    return {"stdout": proc.stdout, "ranks": ranks, "rank_states": rank_states, "last": last,
-            "reference": reference, "params": params}
+    return {
+        "stdout": proc.stdout,
+        "ranks": ranks,
+        "rank_states": rank_states,
+        "last": last,
+        "reference": reference,
+        "params": params,
+    }
 
 
 def test_the_run_is_data_parallel_and_reaches_the_adaptive_phase(ddp_run):

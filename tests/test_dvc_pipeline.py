@@ -1,7 +1,9 @@
 """`dvc repro` in a temporary clone of the project: the embedded week end to end (tiny preset,
 one baseline in four variants), a no-op second run, a pre-training change that re-runs only
-what depends on the encoder, and the NYC bike grid by editing params.yaml only. One pipeline
-run per session."""
+what depends on the encoder, a graph change and a baseline source edit that retrain from
+epoch 1 (never resuming a finished checkpoint of other inputs or code), a failed stage whose
+previous outputs come back with the command it names, and the NYC bike grid by editing
+params.yaml only. One pipeline run per session."""
 
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ import sqlite3
 import pytest
 import yaml
 
+from gptst.layout import VARIANTS
+
 from .pipeline_clone import Clone, make_clone
 
 pytestmark = pytest.mark.slow
 
 BASELINES = ("tgcn",)  # the smallest baseline: this test is about the pipeline; each has its own tests
-VARIANTS = ("plain", "calendar", "gptst", "gptst_random")
 
 
 @pytest.fixture(scope="session")
@@ -41,11 +44,48 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Clone:
     c.dvc("repro", name="pretrain_changed")
     c.versions_after_change = c.model_versions()  # type: ignore[attr-defined]
 
+    # The graph changes: adjacency.npz gets a new hash, the finetunes retrain from epoch 1.
+    finetuned = root / "models/metr-la-week/finetune"
+    c.bundles_before_graph = {v: _weights(finetuned / BASELINES[0] / v / "model.pt") for v in VARIANTS}  # type: ignore[attr-defined]
+    c.edit_params(graph={"symmetric": True})
+    c.dvc("repro", name="graph_changed")
+    c.bundles_after_graph = {v: _weights(finetuned / BASELINES[0] / v / "model.pt") for v in VARIANTS}  # type: ignore[attr-defined]
+    c.versions_after_graph = c.model_versions()  # type: ignore[attr-defined]
+    c.dvc("repro", name="after_graph_unchanged")
+    c.versions_after_graph_unchanged = c.model_versions()  # type: ignore[attr-defined]
+
+    # One baseline's source changes: only its items are out of date, and they do not resume.
+    with open(root / "src/gptst/models/baselines/stgcn.py", "a") as fh:  # not in the finetune list
+        fh.write("# edited\n")
+    c.dvc("status", name="other_baseline_edited")
+    with open(root / f"src/gptst/models/baselines/{BASELINES[0]}.py", "a") as fh:
+        fh.write("# edited\n")
+    c.dvc("status", name="baseline_edited_status")
+    c.dvc("repro", name="baseline_edited")
+
+    # A corrupt raw series: ingest fails (bad input); DVC removed its outputs before running it,
+    # and the error names the one command that restores them.
+    series = root / "data/processed/metr-la-week/series.parquet"
+    c.series_before_failure = series.read_bytes()  # type: ignore[attr-defined]
+    (root / "corrupt.h5").write_bytes(b"not an HDF5 file")
+    good_series = yaml.safe_load((root / "params.yaml").read_text())["dataset"]["series"]
+    c.edit_params(dataset={"series": "corrupt.h5"})
+    c.dvc("repro", "ingest", name="corrupt_series", check=False)
+    c.series_present_after_failure = series.exists()  # type: ignore[attr-defined]
+    c.edit_params(dataset={"series": good_series})
+    c.dvc("checkout", "ingest", name="restore")
+    c.series_after_restore = series.read_bytes()  # type: ignore[attr-defined]
+    c.dvc("status", name="after_restore")
+    c.week_outputs = c.hashes("data/processed/metr-la-week")  # type: ignore[attr-defined]
+
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["dataset"].update(
-        name="nycbike-grid", kind="demand",
-        series="tests/data/nycbike-grid/nycbike-grid.npz", graph="tests/data/nycbike-grid/adj_mx.npz",
-        channel_names=["inflow", "outflow"], null_value=None,
+        name="nycbike-grid",
+        kind="demand",
+        series="tests/data/nycbike-grid/nycbike-grid.npz",
+        graph="tests/data/nycbike-grid/adj_mx.npz",
+        channel_names=["inflow", "outflow"],
+        null_value=None,
         split={"train": 0.6, "val": 0.2, "test": 0.2},
     )
     params["finetune"]["baselines"] = ["tgcn"]
@@ -54,6 +94,12 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Clone:
     # One finetune item and what it needs: the two channels through the fusion, on the fly.
     c.dvc("repro", "finetune_gptst@tgcn-gptst", name="nyc")
     return c
+
+
+def _weights(path):
+    from gptst.models.forecaster_bundle import load_forecaster
+
+    return {k: v.clone() for k, v in load_forecaster(path).forecaster.state_dict().items()}
 
 
 def test_repro_runs_ingest_adjacency_and_validate_on_the_embedded_week(clone: Clone):
@@ -136,6 +182,56 @@ def test_a_second_repro_with_nothing_changed_runs_nothing(clone: Clone):
     assert clone.runs_after_second == clone.runs_after_first
     assert clone.versions_after_second == clone.versions_after_first
     assert len(clone.versions_after_first) == 1 + len(BASELINES) * len(VARIANTS)
+
+
+def test_a_graph_change_retrains_every_finetune_from_epoch_1_and_registers_new_weights(clone: Clone):
+    out = clone.logs["graph_changed"].stdout
+    assert "Running stage 'adjacency'" in out and "Running stage 'validate'" in out
+    assert "Running stage 'pretrain'" not in out  # GPT-ST pre-training does not read the graph
+    for variant in VARIANTS:
+        stage = "finetune_gptst" if variant.startswith("gptst") else "finetune"
+        assert f"Running stage '{stage}@{BASELINES[0]}-{variant}'" in out
+    assert "resuming" not in out
+    assert out.count("input.adjacency differs") >= len(VARIANTS) and out.count("starting afresh") >= len(VARIANTS)
+    for variant in VARIANTS:
+        before, after = clone.bundles_before_graph[variant], clone.bundles_after_graph[variant]  # type: ignore[attr-defined]
+        assert any(not bool((before[k] == after[k]).all()) for k in before), f"{variant}: the same weights as before"
+    new = set(clone.versions_after_graph) - set(clone.versions_after_change)  # type: ignore[attr-defined]
+    assert {name for name, _ in new} == {f"{BASELINES[0]}-metr-la-week"} and len(new) == len(VARIANTS)
+
+
+def test_an_unchanged_repro_after_the_graph_change_trains_and_registers_nothing(clone: Clone):
+    assert "Running stage" not in clone.logs["after_graph_unchanged"].stdout
+    assert clone.versions_after_graph_unchanged == clone.versions_after_graph  # type: ignore[attr-defined]
+
+
+def test_a_baseline_source_edit_re_runs_only_that_baselines_items_and_they_start_afresh(clone: Clone):
+    # stgcn is not in the finetune list: no item is out of date (finetune_params, which resolves
+    # every baseline's defaults, re-runs and writes the same file)
+    other = clone.logs["other_baseline_edited"].stdout
+    assert "finetune@" not in other and "finetune_gptst@" not in other
+    status = clone.logs["baseline_edited_status"].stdout
+    items = {
+        line.strip().rstrip(":")
+        for line in status.splitlines()
+        if line.strip().startswith(("finetune@", "finetune_gptst@"))
+    }
+    assert items == {
+        f"{'finetune_gptst' if v.startswith('gptst') else 'finetune'}@{BASELINES[0]}-{v}" for v in VARIANTS
+    }
+    assert not any(f"{stage}:" in status for stage in ("ingest", "adjacency", "validate", "pretrain", "encode"))
+    out = clone.logs["baseline_edited"].stdout
+    assert "resuming" not in out and out.count("code differs") >= len(VARIANTS)
+
+
+def test_a_failed_stage_names_the_command_that_restores_its_previous_outputs(clone: Clone):
+    failed = clone.logs["corrupt_series"]
+    assert failed.returncode != 0
+    assert "corrupt.h5" in failed.stderr + failed.stdout
+    assert "restore them with `dvc checkout ingest`" in failed.stderr + failed.stdout
+    assert not clone.series_present_after_failure  # type: ignore[attr-defined]
+    assert clone.series_after_restore == clone.series_before_failure  # type: ignore[attr-defined]
+    assert "up to date" in clone.logs["after_restore"].stdout
 
 
 def test_the_nyc_bike_grid_runs_by_editing_params_only(clone: Clone):

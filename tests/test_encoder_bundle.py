@@ -24,8 +24,9 @@ from gptst.data.calendar import calendar_features
 from gptst.data.calendar import steps_per_day as freq_steps_per_day
 from gptst.data.scaler import StandardScaler
 from gptst.errors import InputError
-from gptst.models.gptst import GPTST, GptstConfig, build_model
 from gptst.models.gptst.bundle import FORMAT, check_compatible, load_encoder, save_encoder_bundle
+from gptst.models.gptst.config import GptstConfig
+from gptst.models.gptst.model import GPTST, build_model
 from gptst.tracking.registry import md5_file
 
 from .conftest import REPO_ROOT
@@ -119,7 +120,17 @@ def test_a_saved_encoder_loads_with_weights_only_and_encodes_exactly_as_the_orig
     path = small.save(tmp_path / "encoder.pt")
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert set(raw) == {
-        "format", "state_dict", "config", "scaler", "node_ids", "channels", "t_in", "freq", "calendar", "dataset", "meta"
+        "format",
+        "state_dict",
+        "config",
+        "scaler",
+        "node_ids",
+        "channels",
+        "t_in",
+        "freq",
+        "calendar",
+        "dataset",
+        "meta",
     }
     assert raw["format"] == FORMAT and raw["t_in"] == T_IN and raw["freq"] == "5min"
     assert raw["calendar"] == {"features": ["slot_sin", "slot_cos", "weekday_sin", "weekday_cos"], "steps_per_day": 288}
@@ -163,7 +174,8 @@ def test_loading_does_not_move_the_global_random_stream(small, tmp_path):
 _SAVE_IN_A_FRESH_PROCESS = """
 import sys, torch
 from gptst.data.scaler import StandardScaler
-from gptst.models.gptst import GptstConfig, build_model
+from gptst.models.gptst.config import GptstConfig
+from gptst.models.gptst.model import build_model
 from gptst.models.gptst.bundle import save_encoder_bundle
 import json
 args = json.loads(sys.argv[1])
@@ -196,13 +208,24 @@ def test_saving_the_same_encoder_twice_gives_the_same_bytes(small, tmp_path):
     torch.manual_seed(0)
     same_weights = build_model(small.model.cfg)
     in_process = save_encoder_bundle(
-        tmp_path / "d.pt", same_weights, scaler=small.scaler, node_ids=small.node_ids, channels=small.channels,
-        freq="5min", steps_per_day=288, dataset="metr-la-week", meta=META,
+        tmp_path / "d.pt",
+        same_weights,
+        scaler=small.scaler,
+        node_ids=small.node_ids,
+        channels=small.channels,
+        freq="5min",
+        steps_per_day=288,
+        dataset="metr-la-week",
+        meta=META,
     )
     assert md5_file(in_process) == md5_file(first)  # small.model was built from seed 0 too
     args = {
-        "path": str(tmp_path / "e.pt"), "config": small.model.cfg.to_dict(), "scaler": small.scaler.to_dict(),
-        "node_ids": small.node_ids, "channels": small.channels, "meta": META,
+        "path": str(tmp_path / "e.pt"),
+        "config": small.model.cfg.to_dict(),
+        "scaler": small.scaler.to_dict(),
+        "node_ids": small.node_ids,
+        "channels": small.channels,
+        "meta": META,
     }
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     command = [sys.executable, "-c", _SAVE_IN_A_FRESH_PROCESS, json.dumps(args)]
@@ -213,8 +236,15 @@ def test_saving_the_same_encoder_twice_gives_the_same_bytes(small, tmp_path):
     with torch.no_grad():
         same_weights.encoder.input_proj.bias[0] += 1e-3
     changed = save_encoder_bundle(
-        tmp_path / "f.pt", same_weights, scaler=small.scaler, node_ids=small.node_ids, channels=small.channels,
-        freq="5min", steps_per_day=288, dataset="metr-la-week", meta=META,
+        tmp_path / "f.pt",
+        same_weights,
+        scaler=small.scaler,
+        node_ids=small.node_ids,
+        channels=small.channels,
+        freq="5min",
+        steps_per_day=288,
+        dataset="metr-la-week",
+        meta=META,
     )
     assert md5_file(changed) != md5_file(first)
 
@@ -249,8 +279,22 @@ def test_md5_file_is_the_hash_dvc_records_for_the_output(small, tmp_path):
         subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, check=True, capture_output=True)
 
     dvc("init", "--no-scm", "-q")
-    dvc("stage", "add", "-q", "-n", "export", "-d", "encoder.pt", "-d", "notes.txt", "-o", "out/encoder.pt",
-        "-o", "out/notes.txt", "mkdir -p out && cp encoder.pt notes.txt out/")
+    dvc(
+        "stage",
+        "add",
+        "-q",
+        "-n",
+        "export",
+        "-d",
+        "encoder.pt",
+        "-d",
+        "notes.txt",
+        "-o",
+        "out/encoder.pt",
+        "-o",
+        "out/notes.txt",
+        "mkdir -p out && cp encoder.pt notes.txt out/",
+    )
     dvc("repro", "-q")
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     outs = {o["path"]: o for o in lock["stages"]["export"]["outs"]}

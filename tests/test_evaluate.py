@@ -34,8 +34,8 @@ from gptst.evaluation.comparison import (
 )
 from gptst.evaluation.figures import forecast_view
 from gptst.evaluation.predictions import Predictions, write_predictions
+from gptst.metrics import horizon_metrics, write_metrics_json
 from gptst.params import SplitRatios, WindowParams
-from gptst.training.metrics import horizon_metrics, write_metrics_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 T_OUT = 12
@@ -44,20 +44,37 @@ T_OUT = 12
 # ------------------------------------------------------------------------------ comparison table
 def _table(mae_avg: float, t_out: int = T_OUT) -> dict[str, dict[str, float]]:
     """A metrics table whose step k has MAE mae_avg + k / 100, RMSE twice the MAE, MAPE ten times."""
-    table = {str(k): {"mae": mae_avg + k / 100, "rmse": 2 * (mae_avg + k / 100), "mape": 10 * (mae_avg + k / 100)}
-             for k in range(1, t_out + 1)}
+    table = {
+        str(k): {"mae": mae_avg + k / 100, "rmse": 2 * (mae_avg + k / 100), "mape": 10 * (mae_avg + k / 100)}
+        for k in range(1, t_out + 1)
+    }
     table["avg"] = {"mae": mae_avg, "rmse": 2 * mae_avg, "mape": 10 * mae_avg}
     return table
 
 
 def _write_docs(reports: Path, maes: dict[tuple[str, str], float], dataset: str = "metr-la-week") -> None:
     for (baseline, variant), mae in maes.items():
-        write_metrics_json(metrics_path(reports, baseline, variant), dataset=dataset, baseline=baseline,
-                           variant=variant, seed=0, split="test", horizons=_table(mae))
+        write_metrics_json(
+            metrics_path(reports, baseline, variant),
+            dataset=dataset,
+            baseline=baseline,
+            variant=variant,
+            seed=0,
+            split="test",
+            horizons=_table(mae),
+        )
 
 
-FULL = {("gwn", "plain"): 3.0, ("gwn", "calendar"): 2.7, ("gwn", "gptst"): 2.7, ("gwn", "gptst_random"): 2.0,
-        ("stgcn", "plain"): 4.0, ("stgcn", "calendar"): 3.9, ("stgcn", "gptst"): 3.6, ("stgcn", "gptst_random"): 3.8}
+FULL = {
+    ("gwn", "plain"): 3.0,
+    ("gwn", "calendar"): 2.7,
+    ("gwn", "gptst"): 2.7,
+    ("gwn", "gptst_random"): 2.0,
+    ("stgcn", "plain"): 4.0,
+    ("stgcn", "calendar"): 3.9,
+    ("stgcn", "gptst"): 3.6,
+    ("stgcn", "gptst_random"): 3.8,
+}
 
 
 def test_comparison_frame_is_long_with_string_horizons_exact_values_and_fixed_order(tmp_path):
@@ -91,8 +108,16 @@ def test_markdown_has_one_row_per_baseline_and_signed_relative_changes_of_gptst_
     average = markdown.split("### Average over all horizon steps")[1]
     gwn_row = next(line for line in average.splitlines() if line.startswith("| gwn"))
     cells = [c.strip() for c in gwn_row.strip("|").split("|")]
-    assert cells == ["gwn", "3.00/6.00/30.00", "2.70/5.40/27.00", "2.70/5.40/27.00",
-                     "2.00/4.00/20.00", "-10.00%", "+0.00%", "+35.00%"]
+    assert cells == [
+        "gwn",
+        "3.00/6.00/30.00",
+        "2.70/5.40/27.00",
+        "2.70/5.40/27.00",
+        "2.00/4.00/20.00",
+        "-10.00%",
+        "+0.00%",
+        "+35.00%",
+    ]
     horizon3 = markdown.split("### Horizon 3")[1].split("###")[0]
     stgcn_row = next(line for line in horizon3.splitlines() if line.startswith("| stgcn"))
     assert f"{100 * (3.63 - 4.03) / 4.03:+.2f}%" == "-9.93%"
@@ -288,8 +313,13 @@ class Project:
         self.root = root
         params = {
             "seed": 0,
-            "dataset": {"name": "metr-la-week", "kind": "speed", "series": "unused.h5", "graph": "unused.pkl",
-                        "null_value": 0.0},
+            "dataset": {
+                "name": "metr-la-week",
+                "kind": "speed",
+                "series": "unused.h5",
+                "graph": "unused.pkl",
+                "null_value": 0.0,
+            },
             "windows": {"t_in": 12, "t_out": T_OUT},
             "metrics": {"horizons": [3, 6, 12]},
             "finetune": {"baselines": list(BASELINES)},
@@ -308,15 +338,32 @@ class Project:
                 pred = truth + rng.normal(0.0, factor * scale, size=truth.shape).astype(np.float32)
                 write_predictions(self.models / baseline / variant / "predictions.npz", pred, starts, 12, week.node_ids)
                 table = horizon_metrics(pred, truth, null_value=0.0)
-                write_metrics_json(metrics_path(self.reports, baseline, variant), dataset="metr-la-week",
-                                   baseline=baseline, variant=variant, seed=0, split="test", horizons=table)
+                write_metrics_json(
+                    metrics_path(self.reports, baseline, variant),
+                    dataset="metr-la-week",
+                    baseline=baseline,
+                    variant=variant,
+                    seed=0,
+                    split="test",
+                    horizons=table,
+                )
                 self.expected[baseline, variant] = table
 
     def run(self, reports: Path | None = None, out: Path | None = None) -> int:
-        return evaluate_stage.main([
-            "--params", str(self.root / "params.yaml"), "--series", str(self.series), "--models", str(self.models),
-            "--reports", str(reports or self.reports), "--out", str(out or self.out),
-        ])
+        return evaluate_stage.main(
+            [
+                "--params",
+                str(self.root / "params.yaml"),
+                "--series",
+                str(self.series),
+                "--models",
+                str(self.models),
+                "--reports",
+                str(reports or self.reports),
+                "--out",
+                str(out or self.out),
+            ]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -346,7 +393,7 @@ def test_the_stage_writes_the_comparison_metrics_plots_and_figures(stage):
     assert list(horizon.columns) == ["baseline", "variant", "step", "mae"] and len(horizon) == 2 * 4 * T_OUT
     by_hour = pd.read_csv(evaluate / "mae_by_time_of_day.csv")
     by_sensor = pd.read_csv(evaluate / "mae_by_sensor.csv", dtype={"node_id": str})
-    assert set(zip(by_hour.baseline, by_hour.variant)) == set(project.expected)
+    assert set(zip(by_hour.baseline, by_hour.variant, strict=True)) == set(project.expected)
     assert len(by_sensor) == 8 * 207
     gwn_plain = by_sensor[(by_sensor.baseline == "gwn") & (by_sensor.variant == "plain")]
     pooled = (gwn_plain.mae * gwn_plain.cells).sum() / gwn_plain.cells.sum()

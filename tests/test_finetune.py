@@ -13,18 +13,20 @@ import torch
 
 from gptst.data.calendar import steps_per_day
 from gptst.errors import InputError
+from gptst.metrics import horizon_metrics, write_metrics_json
 from gptst.models.encoded import EncodedCache, write_encoded
 from gptst.models.forecaster_bundle import load_forecaster, save_forecaster_bundle
-from gptst.models.gptst import GptstConfig, build_model
 from gptst.models.gptst.bundle import load_encoder, save_encoder_bundle
+from gptst.models.gptst.config import GptstConfig
+from gptst.models.gptst.model import build_model
 from gptst.params import load_params
+from gptst.training.baseline_config import baseline_config
 from gptst.training.finetune import (
     DownstreamData,
     finetune,
     predict_windows,
     score_forecaster,
 )
-from gptst.training.metrics import horizon_metrics, write_metrics_json
 
 from .baseline_checks import week_graph
 from .conftest import REPO_ROOT
@@ -70,12 +72,26 @@ def data(params, series, week):
 def encoder_file(params, data, series, tmp_path_factory) -> Path:
     """An encoder bundle fitting the data (seeded weights stand in for pre-trained ones)."""
     torch.manual_seed(3)
-    cfg = GptstConfig(num_nodes=NODES, t_in=params.windows.t_in, channels=1, hidden=16, embed=4, clusters=4,
-                      cross_hyperedges=4, temporal_hyperedges=4)
+    cfg = GptstConfig(
+        num_nodes=NODES,
+        t_in=params.windows.t_in,
+        channels=1,
+        hidden=16,
+        embed=4,
+        clusters=4,
+        cross_hyperedges=4,
+        temporal_hyperedges=4,
+    )
     path = tmp_path_factory.mktemp("encoder") / "encoder.pt"
     return save_encoder_bundle(
-        path, build_model(cfg), scaler=data.scaler, node_ids=series.node_ids, channels=series.channels,
-        freq=series.freq, steps_per_day=steps_per_day(series.freq), dataset="metr-la-week",
+        path,
+        build_model(cfg),
+        scaler=data.scaler,
+        node_ids=series.node_ids,
+        channels=series.channels,
+        freq=series.freq,
+        steps_per_day=steps_per_day(series.freq),
+        dataset="metr-la-week",
     )
 
 
@@ -110,7 +126,9 @@ def test_every_variant_trains_and_scores_on_the_test_windows(trained, data):
 
 
 def test_the_variants_feed_the_baseline_their_own_inputs(trained):
-    first_layer = {v: r.forecaster.baseline.cell.gates.in_features - r.forecaster.baseline.hidden for v, (r, _) in trained.items()}
+    first_layer = {
+        v: r.forecaster.baseline.cell.gates.in_features - r.forecaster.baseline.hidden for v, (r, _) in trained.items()
+    }
     assert first_layer == {"plain": 1, "calendar": 5, "gptst": 16, "gptst_random": 16}
 
 
@@ -149,8 +167,15 @@ def test_the_metrics_json_follows_the_contract(trained, tmp_path):
     import json
 
     result, _ = trained["calendar"]
-    path = write_metrics_json(tmp_path / "metrics.json", dataset="metr-la-week", baseline="tgcn",
-                              variant="calendar", seed=0, split="test", horizons=result.test)
+    path = write_metrics_json(
+        tmp_path / "metrics.json",
+        dataset="metr-la-week",
+        baseline="tgcn",
+        variant="calendar",
+        seed=0,
+        split="test",
+        horizons=result.test,
+    )
     doc = json.loads(path.read_text())
     assert set(doc) == {"dataset", "baseline", "variant", "seed", "split", "horizons"}
     assert list(doc["horizons"]) == [str(k) for k in range(1, 13)] + ["avg"]
@@ -162,9 +187,17 @@ def test_the_forecaster_bundle_forecasts_alone(trained, data, params, series, tm
     for variant in ("calendar", "gptst"):
         result, _ = trained[variant]
         path = save_forecaster_bundle(
-            tmp_path / f"{variant}.pt", result.forecaster, baseline="tgcn",
-            baseline_params=params.baselines.tgcn.model_dump(mode="json"), scaler=data.scaler, graph=data.graph,
-            channels=series.channels, t_in=12, t_out=12, freq=series.freq, dataset="metr-la-week",
+            tmp_path / f"{variant}.pt",
+            result.forecaster,
+            baseline="tgcn",
+            baseline_params=baseline_config(params, "tgcn").model_dump(mode="json"),
+            scaler=data.scaler,
+            graph=data.graph,
+            channels=series.channels,
+            t_in=12,
+            t_out=12,
+            freq=series.freq,
+            dataset="metr-la-week",
         )
         loaded = load_forecaster(path)
         assert (loaded.baseline, loaded.variant, loaded.node_ids) == ("tgcn", variant, series.node_ids)
@@ -176,8 +209,16 @@ def test_the_forecaster_bundle_forecasts_alone(trained, data, params, series, tm
 def test_a_tampered_bundle_is_an_input_error_naming_the_field(trained, data, params, series, tmp_path):
     result, _ = trained["plain"]
     path = save_forecaster_bundle(
-        tmp_path / "plain.pt", result.forecaster, baseline="tgcn", baseline_params={"hidden": 16},
-        scaler=data.scaler, graph=data.graph, channels=series.channels, t_in=12, t_out=12, freq=series.freq,
+        tmp_path / "plain.pt",
+        result.forecaster,
+        baseline="tgcn",
+        baseline_params={"hidden": 16},
+        scaler=data.scaler,
+        graph=data.graph,
+        channels=series.channels,
+        t_in=12,
+        t_out=12,
+        freq=series.freq,
         dataset="metr-la-week",
     )
     payload = torch.load(path, weights_only=True)
@@ -195,8 +236,16 @@ def test_a_tampered_bundle_is_an_input_error_naming_the_field(trained, data, par
 def test_a_model_for_other_sensors_cannot_be_scored_on_this_data(trained, data, params, week, tmp_path):
     result, _ = trained["plain"]
     path = save_forecaster_bundle(
-        tmp_path / "plain.pt", result.forecaster, baseline="tgcn", baseline_params={"hidden": 16},
-        scaler=data.scaler, graph=data.graph, channels=week.channels, t_in=12, t_out=12, freq=week.freq,
+        tmp_path / "plain.pt",
+        result.forecaster,
+        baseline="tgcn",
+        baseline_params={"hidden": 16},
+        scaler=data.scaler,
+        graph=data.graph,
+        channels=week.channels,
+        t_in=12,
+        t_out=12,
+        freq=week.freq,
         dataset="metr-la-week",
     )
     with pytest.raises(InputError, match="cannot be scored"):
@@ -245,8 +294,9 @@ def test_the_encode_cache_holds_the_encoder_outputs_in_fp16(data, encoder_file, 
 
 def test_above_the_size_cap_the_cache_is_only_an_on_the_fly_index(data, encoder_file, tmp_path):
     bundle = load_encoder(encoder_file)
-    index = write_encoded(tmp_path / "enc", bundle, data.batcher, data.splits.val.starts, encoder_sha256="c" * 64,
-                          max_gb=1e-6)
+    index = write_encoded(
+        tmp_path / "enc", bundle, data.batcher, data.splits.val.starts, encoder_sha256="c" * 64, max_gb=1e-6
+    )
     assert index.mode == "on_the_fly" and "encoder_cache_max_gb" in index.reason
     assert EncodedCache.open(tmp_path / "enc", "c" * 64) is None
     assert not list((tmp_path / "enc").glob("*/shard_*.npy"))
@@ -258,8 +308,13 @@ def test_cached_and_on_the_fly_encoding_train_the_same_model(params, data, encod
     starts = np.concatenate([data.splits[s].starts for s in ("train", "val", "test")])
     write_encoded(tmp_path / "enc", bundle, data.batcher, starts, encoder_sha256="d" * 64, max_gb=1.0)
     cache = EncodedCache.open(tmp_path / "enc", "d" * 64)
-    one = params.model_copy(update={"finetune": params.finetune.model_copy(
-        update={"common": params.finetune.common.model_copy(update={"epochs": 1})})})
+    one = params.model_copy(
+        update={
+            "finetune": params.finetune.model_copy(
+                update={"common": params.finetune.common.model_copy(update={"epochs": 1})}
+            )
+        }
+    )
     cached = finetune(one, data, "tgcn", "gptst", encoder_bundle=bundle, cache=cache, state_dir=tmp_path / "a")
     live = finetune(one, data, "tgcn", "gptst", encoder_bundle=load_encoder(encoder_file), state_dir=tmp_path / "b")
     assert cached.test["avg"]["mae"] == pytest.approx(live.test["avg"]["mae"], rel=1e-2)
@@ -273,24 +328,63 @@ def test_gptst_predict_forecasts_a_split_from_a_bundle_alone(trained, data, para
 
     result, _ = trained["calendar"]
     model = save_forecaster_bundle(
-        tmp_path / "model.pt", result.forecaster, baseline="tgcn",
-        baseline_params=params.baselines.tgcn.model_dump(mode="json"), scaler=data.scaler, graph=data.graph,
-        channels=series.channels, t_in=12, t_out=12, freq=series.freq, dataset="metr-la-week",
+        tmp_path / "model.pt",
+        result.forecaster,
+        baseline="tgcn",
+        baseline_params=baseline_config(params, "tgcn").model_dump(mode="json"),
+        scaler=data.scaler,
+        graph=data.graph,
+        channels=series.channels,
+        t_in=12,
+        t_out=12,
+        freq=series.freq,
+        dataset="metr-la-week",
     )
     parquet = write_series(tmp_path / "series.parquet", series)
-    code = main(["predict", "--model", str(model), "--series", str(parquet), "--out", str(tmp_path / "p.npz"),
-                 "--params", str(REPO_ROOT / "params.yaml")])
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(model),
+            "--series",
+            str(parquet),
+            "--out",
+            str(tmp_path / "p.npz"),
+            "--params",
+            str(REPO_ROOT / "params.yaml"),
+        ]
+    )
     assert code == 0 and "tgcn/calendar: 380 test windows" in capsys.readouterr().out
     written = read_predictions(tmp_path / "p.npz")
     np.testing.assert_allclose(written.pred, result.test_pred, rtol=1e-5, atol=1e-4)
-    assert main(["predict", "--model", str(tmp_path / "nothing.pt"), "--series", str(parquet),
-                 "--out", str(tmp_path / "q.npz"), "--params", str(REPO_ROOT / "params.yaml")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(tmp_path / "nothing.pt"),
+                "--series",
+                str(parquet),
+                "--out",
+                str(tmp_path / "q.npz"),
+                "--params",
+                str(REPO_ROOT / "params.yaml"),
+            ]
+        )
+        == 2
+    )
     assert "nothing.pt" in capsys.readouterr().err and not (tmp_path / "q.npz").exists()
 
 
 def test_a_killed_encode_leaves_no_temporary_folder_behind_the_next_run(data, encoder_file, tmp_path):
     stale = tmp_path / ".enc.abc123"
     (stale / "x").mkdir(parents=True)
-    write_encoded(tmp_path / "enc", load_encoder(encoder_file), data.batcher, data.splits.val.starts[:2],
-                  encoder_sha256="e" * 64, max_gb=1.0)
+    write_encoded(
+        tmp_path / "enc",
+        load_encoder(encoder_file),
+        data.batcher,
+        data.splits.val.starts[:2],
+        encoder_sha256="e" * 64,
+        max_gb=1.0,
+    )
     assert not stale.exists() and [p.name for p in tmp_path.iterdir()] == ["enc"]

@@ -27,9 +27,17 @@ from .pipeline_clone import GIT_IDENTITY, Clone, make_clone
 
 DATASET = "metr-la-week"
 STAGES = [
-    "ingest", "adjacency", "validate", "pretrain", "encode",
-    "finetune@tgcn-plain", "finetune@tgcn-calendar", "finetune_gptst@tgcn-gptst", "finetune_gptst@tgcn-gptst_random",
-    "evaluate", "promote",
+    "ingest",
+    "adjacency",
+    "validate",
+    "pretrain",
+    "encode",
+    "finetune@tgcn-plain",
+    "finetune@tgcn-calendar",
+    "finetune_gptst@tgcn-gptst",
+    "finetune_gptst@tgcn-gptst_random",
+    "evaluate",
+    "promote",
 ]
 RAW = "data/raw/metr-la-week/metr-la-week.h5"
 
@@ -55,7 +63,8 @@ def task_runs_of(flow_run_ids: list) -> list:
 
     with prefect_client() as client:
         runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)), sort=TaskRunSort.EXPECTED_START_TIME_ASC
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
         )
     return [r for r in runs if r.state is None or r.state.state_details.child_flow_run_id is None]
 
@@ -94,17 +103,25 @@ def test_flow_parameters_are_written_into_params_yaml_with_its_comments(params_c
     mappings survive; the same values again change nothing."""
     from flows.dvc_ops import apply_params, read_params
 
-    changed = apply_params(params_copy, preset="tiny", baselines=["tgcn"],
-                           overrides={"dataset.split": {"train": 0.6, "val": 0.2, "test": 0.2}, "dataset.freq": "5min"})
-    assert changed == {"preset": "tiny", "finetune.baselines": ["tgcn"], "dataset.freq": "5min",
-                       "dataset.split": {"train": 0.6, "val": 0.2, "test": 0.2}}
+    changed = apply_params(
+        params_copy,
+        preset="tiny",
+        baselines=["tgcn"],
+        overrides={"dataset.split": {"train": 0.6, "val": 0.2, "test": 0.2}, "dataset.freq": "5min"},
+    )
+    assert changed == {
+        "preset": "tiny",
+        "finetune.baselines": ["tgcn"],
+        "dataset.freq": "5min",
+        "dataset.split": {"train": 0.6, "val": 0.2, "test": 0.2},
+    }
     params = read_params(params_copy)
     assert params.preset == "tiny" and params.finetune.baselines == ["tgcn"]
     assert params.dataset.split.train == 0.6 and params.dataset.freq == "5min"
     text = (params_copy / "params.yaml").read_text()
     assert "baselines: [tgcn]" in text and "# the finetune matrix (DVC reads it from this file)" in text
     assert "  bounds: null" in text  # untouched nulls stay `null`
-    assert "gwn: {loss: mae, huber_delta: 1.0, dropout: 0.3, graph: adaptive, residual_channels: 32," in text
+    assert "timeouts_seconds: {default: 3600, pretrain: 172800, finetune: 86400}" in text  # one-line mappings stay
     assert apply_params(params_copy, preset="tiny", baselines=["tgcn"]) == {}
 
 
@@ -148,7 +165,28 @@ SLEEPY = """import os, pathlib, time
 pathlib.Path("sleepy.pid").write_text(str(os.getpid()))
 time.sleep(120)
 """
+# A validate stage through the real stage runner: `mode.txt` says how its body fails (crash on the
+# first attempt only, invalid data, bad input).
+VALIDATE = """import pathlib, sys
+from gptst.errors import InputError, InvalidDataError
+from gptst.stage import run_stage
+attempts = pathlib.Path("validate_attempts.txt")
+attempts.write_text(attempts.read_text() + "x" if attempts.exists() else "x")
+mode = pathlib.Path("mode.txt").read_text().strip()
+
+def body():
+    if mode == "crash" and len(attempts.read_text()) == 1:
+        raise RuntimeError("validate crashed: transient")
+    if mode == "invalid":
+        raise InvalidDataError("series.parquet", None, "validation failed: 3 blocking expectations")
+    if mode == "bad_input":
+        raise InputError("params.yaml", "validation.max_examples", "must be >= 0")
+    pathlib.Path("validate.out").write_text("ok")
+
+sys.exit(run_stage(body))
+"""
 SMALL_DVC_YAML = """stages:
+  validate: {cmd: python validate.py, deps: [validate.py, mode.txt], outs: [validate.out]}
   flaky: {cmd: python flaky.py, deps: [flaky.py], outs: [flaky.out]}
   bad_input: {cmd: python bad.py, deps: [bad.py], outs: [bad.out]}
   sleepy: {cmd: python sleepy.py, deps: [sleepy.py], outs: [sleepy.out]}
@@ -162,7 +200,15 @@ def small_project(tmp_path: Path) -> Path:
     env = {**os.environ, **GIT_IDENTITY, "DVC_NO_ANALYTICS": "1"}
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, env=env)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True, env=env)
-    for name, text in {"flaky.py": FLAKY, "bad.py": BAD_INPUT, "sleepy.py": SLEEPY, "dvc.yaml": SMALL_DVC_YAML}.items():
+    files = {
+        "flaky.py": FLAKY,
+        "bad.py": BAD_INPUT,
+        "sleepy.py": SLEEPY,
+        "validate.py": VALIDATE,
+        "mode.txt": "ok\n",
+        "dvc.yaml": SMALL_DVC_YAML,
+    }
+    for name, text in files.items():
         (tmp_path / name).write_text(text)
     return tmp_path
 
@@ -218,6 +264,43 @@ def test_bad_input_fails_the_stage_without_a_retry(prefect_harness, small_projec
     assert (small_project / "bad_attempts.txt").read_text() == "x"
 
 
+@pytest.mark.parametrize(
+    ("mode", "exit_code", "attempts", "completed"),
+    [("crash", 1, 2, True), ("invalid", 3, 1, False), ("bad_input", 2, 1, False)],
+    ids=["crash-retried", "invalid-data-not-retried", "bad-input-not-retried"],
+)
+def test_validate_is_retried_after_a_crash_but_never_for_invalid_data_or_bad_input(
+    prefect_harness, small_project: Path, mode, exit_code, attempts, completed
+):
+    """The exit codes of gptst.errors decide: a crash (1) is retried; invalid data (3) and bad input (2)
+    fail at once."""
+    from prefect import flow
+
+    from flows.dvc_ops import DvcCommandError
+    from flows.pipeline import stage_task
+    from gptst.params import OrchestrationParams
+
+    (small_project / "mode.txt").write_text(mode + "\n")
+    orchestration = OrchestrationParams(task_retries=2, retry_delay_seconds=0)
+
+    @flow
+    def one_stage() -> str:
+        return stage_task(stage_node("validate"), orchestration)(str(small_project), "validate", timeout=120)
+
+    state = one_stage(return_state=True)
+    assert (small_project / "validate_attempts.txt").read_text() == "x" * attempts
+    [run] = task_runs_of([state.state_details.flow_run_id])
+    assert run.run_count == attempts
+    if completed:
+        assert state.is_completed() and (small_project / "validate.out").read_text() == "ok"
+        assert "validate crashed: transient" in task_log(run.id)
+        return
+    assert state.is_failed()
+    with pytest.raises(DvcCommandError) as err:
+        state.result()
+    assert err.value.command_exit_code == exit_code and not err.value.transient
+
+
 def test_a_stage_over_its_timeout_is_killed_with_its_command(small_project: Path):
     """run_dvc stops `dvc repro` and the stage's own process at the timeout."""
     import psutil
@@ -230,8 +313,12 @@ def test_a_stage_over_its_timeout_is_killed_with_its_command(small_project: Path
     assert time.monotonic() - started < 40
     assert err.value.timed_out == 5 and err.value.transient and "timeout of 5 s" in str(err.value)
     sleeper = int((small_project / "sleepy.pid").read_text())
-    wait_until(lambda: not psutil.pid_exists(sleeper) or psutil.Process(sleeper).status() == psutil.STATUS_ZOMBIE,
-               10, "the stage's process to end", interval=0.2)
+    wait_until(
+        lambda: not psutil.pid_exists(sleeper) or psutil.Process(sleeper).status() == psutil.STATUS_ZOMBIE,
+        10,
+        "the stage's process to end",
+        interval=0.2,
+    )
 
 
 def test_the_raw_data_sync_updates_an_import_to_its_new_version(prefect_harness, tmp_path: Path):
@@ -247,8 +334,12 @@ def test_the_raw_data_sync_updates_an_import_to_its_new_version(prefect_harness,
     project.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=project, check=True, env=env)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=project, check=True, env=env)
-    subprocess.run([sys.executable, "-m", "dvc", "import-url", "-q", str(upstream / "series.csv"), "series.csv"],
-                   cwd=project, check=True, env=env)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "import-url", "-q", str(upstream / "series.csv"), "series.csv"],
+        cwd=project,
+        check=True,
+        env=env,
+    )
     (upstream / "series.csv").write_text("t,a\n0,1\n1,2\n")
 
     @flow
@@ -291,9 +382,14 @@ def pipeline_run(prefect_harness, workspace: Clone) -> dict:
     from flows.pipeline import pipeline
 
     with clone_environment(workspace):
-        state = pipeline(workspace=str(workspace.root), baselines=["tgcn"], preset="tiny",
-                         overrides={"metrics.horizons": [3, 12]}, tracking_uri=workspace.tracking_uri,
-                         return_state=True)
+        state = pipeline(
+            workspace=str(workspace.root),
+            baselines=["tgcn"],
+            preset="tiny",
+            overrides={"metrics.horizons": [3, 12]},
+            tracking_uri=workspace.tracking_uri,
+            return_state=True,
+        )
     return {"state": state, "versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}
 
 
@@ -311,7 +407,9 @@ def test_the_pipeline_flow_runs_every_dvc_stage_as_a_task_in_dag_order(pipeline_
     assert (workspace.root / "reports" / DATASET / "comparison.md").is_file()
     stages = [stage for experiment, stage in pipeline_run["runs"] if experiment == f"gptst-{DATASET}"]
     assert stages[:4] == ["ingest", "adjacency", "validate", "pretrain"] and stages[-1] == "promote"
-    assert sorted(pipeline_run["versions"]) == [(f"gptst-encoder-{DATASET}", 1)] + [(f"tgcn-{DATASET}", v) for v in range(1, 5)]
+    assert sorted(pipeline_run["versions"]) == [(f"gptst-encoder-{DATASET}", 1)] + [
+        (f"tgcn-{DATASET}", v) for v in range(1, 5)
+    ]
 
 
 @pytest.mark.slow
@@ -328,11 +426,17 @@ def test_the_comparison_table_is_published_as_a_markdown_artifact(pipeline_run):
     the promotion decisions become promotion-<dataset>."""
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    assert pipeline_run["state"].result()["artifacts"] == {"comparison": f"comparison-{DATASET}",
-                                                          "promotion": f"promotion-{DATASET}"}
+    assert pipeline_run["state"].result()["artifacts"] == {
+        "comparison": f"comparison-{DATASET}",
+        "promotion": f"promotion-{DATASET}",
+    }
     with prefect_client() as client:
-        [comparison] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"comparison-{DATASET}"])))
-        [promotion] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"promotion-{DATASET}"])))
+        [comparison] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"comparison-{DATASET}"]))
+        )
+        [promotion] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"promotion-{DATASET}"]))
+        )
     assert comparison.type == "markdown" and "| tgcn" in comparison.data
     assert "### Horizon 3" in comparison.data and "### Horizon 12" in comparison.data
     assert "### Horizon 6" not in comparison.data
@@ -394,8 +498,15 @@ class Api:
     def logs(self, flow_run_ids: list[str]) -> list[str]:
         messages, offset = [], 0
         while True:
-            page = self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": flow_run_ids}}, "limit": 200,
-                                              "offset": offset, "sort": "TIMESTAMP_ASC"})
+            page = self.post(
+                "/logs/filter",
+                {
+                    "logs": {"flow_run_id": {"any_": flow_run_ids}},
+                    "limit": 200,
+                    "offset": offset,
+                    "sort": "TIMESTAMP_ASC",
+                },
+            )
             messages += [log["message"] for log in page]
             if len(page) < 200:
                 return messages
@@ -444,8 +555,9 @@ def orchestrated(pipeline_run, workspace: Clone, tmp_path_factory: pytest.TempPa
 
     def start(target: str, *args: str) -> subprocess.Popen:
         out = open(logs / f"{target}.log", "w")  # noqa: SIM115  (lives as long as the process)
-        proc = subprocess.Popen([*make, target, *args], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [*make, target, *args], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         started.append(proc)
         return proc
 
@@ -462,8 +574,15 @@ def orchestrated(pipeline_run, workspace: Clone, tmp_path_factory: pytest.TempPa
     try:
         start("server")
         wait_until(api.healthy, 180, f"the Prefect server on port {port}")
-        deploy = subprocess.run([*make, "deploy", "CRON=* * * * *"], cwd=root, env=env, capture_output=True,
-                                text=True, timeout=300, check=False)
+        deploy = subprocess.run(
+            [*make, "deploy", "CRON=* * * * *"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         deployment = api.get(f"/deployments/name/retrain/retrain-{DATASET}")
         found |= {"deploy": deploy.stdout, "deployment": deployment, "pool": api.get("/work_pools/gpu")}
@@ -481,19 +600,39 @@ def orchestrated(pipeline_run, workspace: Clone, tmp_path_factory: pytest.TempPa
         ids = [run["id"], *(r["id"] for r in flow_runs("pipeline"))]
         if run["state"]["type"] == "COMPLETED":  # its last log lines may still be on their way
             wait_until(lambda: any(m.startswith(f"stage {STAGES[-1]}:") for m in api.logs(ids)), 60, "the last log")
-        found |= {"retrain": run, "retrain_task_runs": task_runs(ids), "retrain_logs": api.logs(ids),
-                  "retrain_after": store()}
+        found |= {
+            "retrain": run,
+            "retrain_task_runs": task_runs(ids),
+            "retrain_logs": api.logs(ids),
+            "retrain_after": store(),
+        }
 
-        arguments = {"workspace": str(root), "variants": ["gptst"], "overrides": {"baselines.tgcn.dropout": 0.1},
-                     "tracking_uri": workspace.tracking_uri, "scale_out": True, "workspaces": str(workers)}
-        parent = subprocess.run([sys.executable, "-c", SCALE_OUT, json.dumps(arguments)], cwd=root, capture_output=True,
-                                text=True, timeout=400, check=False,
-                                env={**env, "PREFECT_API_URL": api.url, "PREFECT_HOME": str(root / ".prefect")})
+        arguments = {
+            "workspace": str(root),
+            "variants": ["gptst"],
+            "overrides": {"baselines.tgcn.dropout": 0.1},
+            "tracking_uri": workspace.tracking_uri,
+            "scale_out": True,
+            "workspaces": str(workers),
+        }
+        parent = subprocess.run(
+            [sys.executable, "-c", SCALE_OUT, json.dumps(arguments)],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=400,
+            check=False,
+            env={**env, "PREFECT_API_URL": api.url, "PREFECT_HOME": str(root / ".prefect")},
+        )
         assert parent.returncode == 0, parent.stdout[-3000:] + parent.stderr[-5000:]
-        [summary] = [line[len("SUMMARY "):] for line in parent.stdout.splitlines() if line.startswith("SUMMARY ")]
+        [summary] = [line[len("SUMMARY ") :] for line in parent.stdout.splitlines() if line.startswith("SUMMARY ")]
         children = flow_runs("finetune")
-        found |= {"scale_out": json.loads(summary), "children": children, "scale_out_after": store(),
-                  "child_logs": api.logs([c["id"] for c in children])}
+        found |= {
+            "scale_out": json.loads(summary),
+            "children": children,
+            "scale_out_after": store(),
+            "child_logs": api.logs([c["id"] for c in children]),
+        }
     finally:
         for proc in reversed(started):
             stop_process_group(proc)
@@ -550,14 +689,15 @@ def test_a_worker_workspace_gets_its_inputs_only_from_the_dvc_remote(orchestrate
         assert f"stage {stage}: restored" in logs
     assert f"stage {ITEM}: ran" in logs
     worker = orchestrated["worker_workspace"]
-    tracked = subprocess.run(["git", "ls-files", "models", "data/processed"], cwd=worker, capture_output=True,
-                             text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "models", "data/processed"], cwd=worker, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert all(f.endswith(".gitignore") for f in tracked)
     encoder = f"models/{DATASET}/encoder.pt"
     assert (worker / encoder).read_bytes() == (workspace.root / encoder).read_bytes()
     assert (worker / "models" / DATASET / "finetune/tgcn/gptst/model.pt").read_bytes() == orchestrated["model"]
     before, after = orchestrated["retrain_after"], orchestrated["scale_out_after"]
-    assert [stage for _, stage in after["runs"][len(before["runs"]):]] == ["finetune_gptst"]
+    assert [stage for _, stage in after["runs"][len(before["runs"]) :]] == ["finetune_gptst"]
     assert set(after["versions"]) - set(before["versions"]) == {(f"tgcn-{DATASET}", 5)}
 
 
@@ -621,5 +761,5 @@ def test_invalid_data_fails_the_retrain_at_validate_and_registers_nothing(invali
     assert states["validate"].state.is_failed() and states["validate"].run_count == 1
     assert "non-finite" in task_log(states["validate"].id) or "nonfinite" in task_log(states["validate"].id)
     assert invalid_data_run["after"]["versions"] == invalid_data_run["before"]["versions"]
-    new_runs = [stage for _, stage in invalid_data_run["after"]["runs"][len(invalid_data_run["before"]["runs"]):]]
+    new_runs = [stage for _, stage in invalid_data_run["after"]["runs"][len(invalid_data_run["before"]["runs"]) :]]
     assert new_runs == ["ingest", "adjacency", "validate"]

@@ -18,6 +18,7 @@ import torch
 
 from gptst.models.gptst.masker import AdaptiveMasker
 from gptst.params import PretrainParams
+from gptst.training.pretrain import pretrain_masker
 
 HS = 10
 T_IN = 12
@@ -121,7 +122,7 @@ def test_adaptive_share_schedule():
 
 def test_from_params_takes_the_curriculum_from_the_pretrain_section():
     params = PretrainParams(epochs=30, change_epoch_frac=1 / 3, mask_ratio=0.3, adaptive_rho=1.0, mask_mode="all")
-    m = AdaptiveMasker.from_params(params, seed=5)
+    m = pretrain_masker(params, seed=5)
     assert (m.mask_ratio, m.mode, m.strategy, m.rho) == (0.3, "all", "adaptive", 1.0)
     assert (m.change_epoch, m.total_epochs, m.seed, m.n_clusters) == (10, 30, 5, params.model.clusters)
 

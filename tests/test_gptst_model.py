@@ -11,9 +11,12 @@ import torch.nn.functional as F
 
 from gptst.data.calendar import calendar_features
 from gptst.data.scaler import StandardScaler
-from gptst.models.gptst import GPTST, GptstConfig, build_model, layers
+from gptst.models.gptst import layers
 from gptst.models.gptst import model as gptst_model
+from gptst.models.gptst.config import GptstConfig
+from gptst.models.gptst.model import GPTST, build_model
 from gptst.params import GptstModelParams
+from gptst.training.pretrain import gptst_config
 
 # The reference's counts at METR-LA defaults (N=207, C=1, T=12, D=64, E=16, e=4, HS=10, HT=16, HTt=8).
 REFERENCE = {"total": 1_045_411, "encoder": 591_706, "decoder": 453_705, "predictor": 138_090}
@@ -199,7 +202,7 @@ def test_init_is_xavier_uniform_for_matrices_and_uniform_0_1_for_vectors():
 def test_config_from_params_takes_every_model_switch():
     params = GptstModelParams(hidden=32, clusters=5, customised_params=False, mask_token="learned", impl="naive")
 
-    cfg = GptstConfig.from_params(params, num_nodes=20, t_in=6, channels=2, zero_value=[-1.5, -0.5])
+    cfg = gptst_config(params, num_nodes=20, t_in=6, channels=2, zero_value=[-1.5, -0.5])
 
     assert (cfg.num_nodes, cfg.t_in, cfg.channels, cfg.zero_value) == (20, 6, 2, (-1.5, -0.5))
     switches = (cfg.hidden, cfg.clusters, cfg.customised_params, cfg.mask_token, cfg.impl)

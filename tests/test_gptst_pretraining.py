@@ -10,11 +10,12 @@ import torch
 from gptst.data.batch import WindowBatcher
 from gptst.data.scaler import fit_train_scaler
 from gptst.data.windows import make_splits
-from gptst.models.gptst import GptstConfig, build_model
-from gptst.models.gptst.losses import clip_grad_norms
 from gptst.models.gptst.masker import AdaptiveMasker
+from gptst.models.gptst.model import build_model
 from gptst.models.gptst.objective import PretrainObjective
 from gptst.params import GptstModelParams, PretrainParams, SplitRatios, WindowParams
+from gptst.training.grad import clip_grad_norm
+from gptst.training.pretrain import gptst_config, pretrain_masker
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +30,10 @@ def build(scaler, num_nodes: int, seed: int = 0, **model) -> tuple:
     """A small GPT-ST (CPU-sized) with its masker and objective; E0 = 2 of 6 epochs."""
     pre = PretrainParams(epochs=6, change_epoch_frac=1 / 3, model=GptstModelParams(hidden=32, embed=8, **model))
     zero = tuple(float(v) for v in scaler.transform(torch.zeros(1, 1)).reshape(-1))
-    cfg = GptstConfig.from_params(pre.model, num_nodes=num_nodes, t_in=12, channels=1, zero_value=zero)
+    cfg = gptst_config(pre.model, num_nodes=num_nodes, t_in=12, channels=1, zero_value=zero)
     torch.manual_seed(seed)
     net = build_model(cfg)
-    masker = AdaptiveMasker.from_params(pre, seed=seed)
+    masker = pretrain_masker(pre, seed=seed)
     return net, masker, PretrainObjective(net, masker, scaler, 0.0, pre.kl_weight, pre.change_epoch), pre
 
 
@@ -44,7 +45,7 @@ def train_steps(objective, net, pre, batches, epochs):
         optimiser.zero_grad(set_to_none=True)
         loss, mask = objective(batch, epoch)
         loss.total.backward()
-        clip_grad_norms(ae, pred, pre.grad_clip, pre.predictor_grad_clip)
+        clip_grad_norm(ae, pre.grad_clip), clip_grad_norm(pred, pre.predictor_grad_clip)
         optimiser.step()
         losses.append(loss.total.detach().clone())
         masks.append(mask.clone())

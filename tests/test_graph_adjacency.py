@@ -16,18 +16,10 @@ import pandas as pd
 import pytest
 
 from gptst.errors import InputError
-from gptst.graph import (
-    GraphBundle,
-    build_adjacency,
-    gaussian_adjacency,
-    graph_checksum,
-    load_adjacency,
-    read_csv_graph,
-    read_dcrnn_pickle,
-    read_npz,
-    resolve_edge_ids,
-    write_adjacency,
-)
+from gptst.graph.adjacency import build_adjacency, gaussian_adjacency, resolve_edge_ids
+from gptst.graph.bundle import GraphBundle, graph_checksum, load_adjacency, write_adjacency
+from gptst.graph.dcrnn_pickle import read_dcrnn_pickle
+from gptst.graph.readers import read_csv_graph, read_npz
 from gptst.params import GraphParams
 
 
@@ -302,6 +294,94 @@ class TestPems08EdgeList:
         with pytest.raises(InputError, match=r"\[0, 100\)") as err:
             build_adjacency(pems08_csv, positional(100), GraphParams(weighting="binary", edge_ids="index"))
         assert err.value.source == str(pems08_csv)
+
+
+# ------------------------------------------------- a graph file that is not the series' graph
+@pytest.fixture(scope="module")
+def metr_ids(week_pkl: Path) -> list[str]:
+    """The 207 METR-LA sensor ids ('773869', ...), in the series' order."""
+    return (week_pkl.parent / "graph_sensor_ids.txt").read_text().strip().split(",")
+
+
+class TestGraphOfAnotherSeries:
+    """PEMS08's 170-node index edge list (max index 169) given with the 207 METR-LA sensors:
+    it used to build a graph on the first 170 positions and leave 37 nodes without an edge."""
+
+    @pytest.mark.parametrize("weighting", ["gaussian", "binary"])
+    def test_auto_refuses_pems08_indices_for_metr_la_naming_the_counts(self, pems08_csv, metr_ids, weighting):
+        with pytest.raises(InputError) as err:
+            build_adjacency(pems08_csv, metr_ids, GraphParams(weighting=weighting))
+        assert err.value.source == str(pems08_csv) and err.value.field == "from,to"
+        msg = err.value.problem
+        assert "0 of the edge list's 170 ids match a series node id" in msg
+        assert "span 0..169 (170 nodes) but the series has N = 207 nodes" in msg
+        assert "37 of the 207 series nodes would be left without an edge" in msg
+        assert "'773869'" in msg  # a series id, so the mismatch is visible
+
+    def test_explicit_index_refuses_the_short_index_range(self, pems08_csv, metr_ids):
+        with pytest.raises(InputError) as err:
+            build_adjacency(pems08_csv, metr_ids, GraphParams(edge_ids="index"))
+        assert err.value.field == "from,to"
+        assert "span 0..169 (170 nodes) but the series has N = 207 nodes" in err.value.problem
+        assert "37 of the 207 series nodes" in err.value.problem
+
+    @pytest.mark.parametrize("edge_ids", ["auto", "id"])
+    def test_index_edge_list_read_as_ids_matches_none(self, pems08_csv, metr_ids, edge_ids):
+        # With 100 METR-LA sensors, index 169 is out of range, so auto reads the file as ids.
+        with pytest.raises(InputError) as err:
+            build_adjacency(pems08_csv, metr_ids[:100], GraphParams(edge_ids=edge_ids))
+        assert err.value.source == str(pems08_csv) and err.value.field == "from,to"
+        assert "0 of the edge list's 170 ids match a series node id" in err.value.problem
+        assert "all 100 series nodes would be left without an edge" in err.value.problem
+
+    def test_id_edge_list_of_another_network_matches_none(self, bay, metr_ids):
+        # PEMS-BAY distances are keyed by sensor id (400001, ...); none is a METR-LA sensor.
+        with pytest.raises(InputError) as err:
+            build_adjacency(bay["csv"], metr_ids, GraphParams())
+        assert err.value.source == str(bay["csv"]) and err.value.field == "from,to"
+        msg = err.value.problem
+        assert "0 of the edge list's 325 ids match a series node id" in msg
+        assert "all 207 series nodes would be left without an edge" in msg
+        assert "'400001'" in msg and "'773869'" in msg
+
+    def test_partly_matching_id_edge_list_names_the_matched_count(self, tmp_path):
+        # Synthetic: ids a, b, q against series a, b, c.
+        path = write_csv(tmp_path / "e.csv", "from,to,cost\na,b,1\nb,q,2\n")
+        with pytest.raises(InputError) as err:
+            build_adjacency(path, ["a", "b", "c"], GraphParams(weighting="binary"))
+        assert "2 of the edge list's 3 ids match a series node id" in err.value.problem
+        assert "1 of the 3 series nodes would be left without an edge" in err.value.problem
+
+    def test_unlinked_nodes_inside_the_index_range_beyond_the_tolerance(self, pems08_csv, tmp_path):
+        # Synthetic from the real file: rows touching nodes 10..19 removed leave 11 of the 170
+        # nodes without an edge (6.5% > 5%); the index range still ends at 169.
+        frame = pd.read_csv(pems08_csv)
+        drop = frame["from"].between(10, 19) | frame["to"].between(10, 19)
+        path = tmp_path / "cut.csv"
+        frame[~drop].to_csv(path, index=False)
+        with pytest.raises(InputError) as err:
+            build_adjacency(path, positional(170), GraphParams(weighting="binary"))
+        assert err.value.source == str(path) and err.value.field == "from,to"
+        assert "11 of the 170 series nodes (6.5%) have no edge to or from another node" in err.value.problem
+        assert "5% tolerated" in err.value.problem
+        # Removing nodes 10..14 instead leaves 5 unlinked (2.9%): within the tolerance.
+        drop = frame["from"].between(10, 14) | frame["to"].between(10, 14)
+        frame[~drop].to_csv(path, index=False)
+        adj, _ = build_adjacency(path, positional(170), GraphParams(weighting="binary"))
+        assert adj.shape == (170, 170)
+
+    def test_self_pairs_are_not_edges(self, tmp_path):
+        # Synthetic: node 2 appears only in a self pair, so 1 of 3 nodes has no edge.
+        path = write_csv(tmp_path / "e.csv", "from,to,cost\n0,1,1\n1,0,1\n2,2,0\n")
+        with pytest.raises(InputError, match=r"1 of the 3 series nodes \(33\.3%\) have no edge"):
+            build_adjacency(path, positional(3), GraphParams(weighting="binary"))
+
+    def test_valid_inputs_still_build(self, pems08_csv, bay):
+        # The series' own graphs: PEMS08 by position (auto), PEMS-BAY by id.
+        adj, _ = build_adjacency(pems08_csv, positional(170), GraphParams())
+        assert adj.shape == (170, 170)
+        adj, ids = build_adjacency(bay["csv"], bay["ids"], GraphParams())
+        assert ids == bay["ids"] and np.count_nonzero(adj) == 2694
 
 
 # ------------------------------------------------------------------- edge_ids auto rule

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gptst.graph import (
+from gptst.graph.normalize import (
     chebyshev_polynomials,
     double_transition,
     laplacian,

@@ -211,8 +211,12 @@ def test_the_stage_writes_outputs_and_a_bad_input_leaves_them_intact(tmp_path: P
     project = tmp_path / "project"
     (project / "presets").mkdir(parents=True)
     (project / "presets" / "cpu.yaml").write_text((REPO_ROOT / "presets" / "cpu.yaml").read_text())
-    params_text = (REPO_ROOT / "params.yaml").read_text().replace(
-        "series: data/raw/metr-la-week/metr-la-week.h5", f"series: {TEST_DATA / 'metr-la-raw100/metr-la-raw100.h5'}"
+    params_text = (
+        (REPO_ROOT / "params.yaml")
+        .read_text()
+        .replace(
+            "series: data/raw/metr-la-week/metr-la-week.h5", f"series: {TEST_DATA / 'metr-la-raw100/metr-la-raw100.h5'}"
+        )
     )
     (project / "params.yaml").write_text(params_text)
     out = project / "out"
@@ -223,7 +227,9 @@ def test_the_stage_writes_outputs_and_a_bad_input_leaves_them_intact(tmp_path: P
 
     broken = project / "broken.h5"
     broken.write_bytes((TEST_DATA / "metr-la-raw100/metr-la-raw100.h5").read_bytes()[:5000])
-    (project / "params.yaml").write_text(params_text.replace(str(TEST_DATA / "metr-la-raw100/metr-la-raw100.h5"), str(broken)))
+    (project / "params.yaml").write_text(
+        params_text.replace(str(TEST_DATA / "metr-la-raw100/metr-la-raw100.h5"), str(broken))
+    )
     assert ingest_stage.main(["--params", str(project / "params.yaml"), "--out", str(out)]) == 2
     message = capsys.readouterr().err
     assert message.startswith("error: ") and str(broken) in message

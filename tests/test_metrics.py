@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from gptst.training.metrics import (
+from gptst.metrics import (
     HorizonMetricAccumulator,
     horizon_metrics,
     masked_huber,
@@ -164,7 +164,12 @@ def test_metrics_json_schema(tmp_path):
 
     path = write_metrics_json(
         tmp_path / "m" / "metrics.json",
-        dataset="metr-la-week", baseline="gwn", variant="gptst", seed=0, split="test", horizons=table,
+        dataset="metr-la-week",
+        baseline="gwn",
+        variant="gptst",
+        seed=0,
+        split="test",
+        horizons=table,
     )
 
     doc = json.loads(path.read_text())

@@ -17,9 +17,9 @@ import yaml
 import stages.pretrain as pretrain_stage
 from gptst.data.ingest import ingest
 from gptst.data.series import load_series
-from gptst.models.gptst import load_encoder
+from gptst.models.gptst.bundle import load_encoder
 from gptst.params import load_params
-from gptst.tracking.registry import md5_file, versions
+from gptst.tracking.registry import load_model, md5_file, versions
 
 from .conftest import REPO_ROOT, WEEK_DIR
 
@@ -40,10 +40,20 @@ class Project:
         self.reports = root / "reports"
 
     def run(self) -> int:
-        return pretrain_stage.main([
-            "--params", str(self.root / "params.yaml"), "--series", str(self.series), "--out", str(self.encoder),
-            "--state", str(self.root / "state"), "--reports", str(self.reports),
-        ])
+        return pretrain_stage.main(
+            [
+                "--params",
+                str(self.root / "params.yaml"),
+                "--series",
+                str(self.series),
+                "--out",
+                str(self.encoder),
+                "--state",
+                str(self.root / "state"),
+                "--reports",
+                str(self.reports),
+            ]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +94,9 @@ def test_pretraining_reads_training_windows_only(stage):
     train, val = set(result.splits.train.starts.tolist()), set(result.splits.val.starts.tolist())
     assert result.windows_read["train"] and result.windows_read["train"] <= train
     end_of_train = result.splits.steps.train.stop
-    assert max(result.windows_read["train"]) + project.params.windows.t_in + project.params.windows.t_out <= end_of_train
+    assert (
+        max(result.windows_read["train"]) + project.params.windows.t_in + project.params.windows.t_out <= end_of_train
+    )
     assert result.windows_read["val"] <= val  # validation selects the checkpoint
     test = set(result.splits.test.starts.tolist())
     assert not (result.windows_read["train"] | result.windows_read["val"]) & test
@@ -102,9 +114,9 @@ def test_the_mlflow_run_has_params_the_preset_and_per_epoch_metrics(stage):
 
 
 def test_the_registered_encoder_loads_from_the_store_and_predicts_like_the_trained_model(stage, monkeypatch):
-    project, results, first, *_ , store = stage
+    project, results, first, *_, store = stage
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    bundle = load_encoder(f"models:/{ENCODER}/1")  # torch.load(weights_only=True) inside
+    bundle = load_model(load_encoder, f"models:/{ENCODER}/1")  # torch.load(weights_only=True) inside
     assert bundle.node_ids == load_series(project.series).node_ids and bundle.t_in == 12
     trained = results[0].model
     x = torch.randn(2, 12, len(bundle.node_ids), 1, generator=torch.Generator().manual_seed(0))

@@ -18,6 +18,7 @@ from gptst.tracking.registry import (
     download_version,
     find_version,
     get_alias_version,
+    load_model,
     md5_file,
     register_version,
     resolve_model_uri,
@@ -161,7 +162,7 @@ def test_the_registered_encoder_loads_from_the_store_and_predicts_like_the_origi
     set_alias(NAME, "champion", "1")
 
     for uri in (f"models:/{NAME}@champion", f"models:/{NAME}/1"):
-        bundle = load_encoder(uri)
+        bundle = load_model(load_encoder, uri)
         assert bundle.source == uri
         assert torch.equal(small.encode(bundle.model), small.encode())
     # The downloaded file itself is a plain weights-only checkpoint.
@@ -169,7 +170,7 @@ def test_the_registered_encoder_loads_from_the_store_and_predicts_like_the_origi
     assert raw["format"] == "gptst-encoder/1"
 
     with pytest.raises(InputError, match="has no version 5"):
-        load_encoder(f"models:/{NAME}/5")
+        load_model(load_encoder, f"models:/{NAME}/5")
 
 
 def test_registration_refuses_an_artifact_the_run_does_not_have(small, experiment, tmp_path):

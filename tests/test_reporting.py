@@ -23,9 +23,11 @@ def test_outputs_list_files_group_item_folders_and_end_with_the_comparison_and_t
     (models / "encoder.pt").write_bytes(b"e" * 10)
     reports.mkdir(parents=True)
     (reports / "comparison.md").write_text("| baseline | plain |\n|---|---|\n| gwn | 4.17 |\n")
-    (reports / "promotion.json").write_text(json.dumps(
-        {"decisions": [{"model_name": "gwn-metr-la-week", "summary": "promoted version 1: no champion yet"}]}
-    ))
+    (reports / "promotion.json").write_text(
+        json.dumps(
+            {"decisions": [{"model_name": "gwn-metr-la-week", "summary": "promoted version 1: no champion yet"}]}
+        )
+    )
 
     assert print_outputs(tmp_path) == 0
     out = capsys.readouterr().out

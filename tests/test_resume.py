@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from gptst.data.ingest import ingest
-from gptst.models.gptst import load_encoder
+from gptst.models.gptst.bundle import load_encoder
 from gptst.params import load_params
 from gptst.tracking.registry import md5_file
 
@@ -74,11 +74,25 @@ class Stage:
         self.stderr = open(project / "stderr.log", "a")  # noqa: SIM115 - closed in finish()
         self.proc = subprocess.Popen(
             [
-                str(bin_dir / "python"), str(REPO_ROOT / "stages" / "pretrain.py"),
-                "--params", "params.yaml", "--series", "series.parquet", "--out", "models/encoder.pt",
-                "--state", "models/pretrain_state", "--reports", "reports",
+                str(bin_dir / "python"),
+                str(REPO_ROOT / "stages" / "pretrain.py"),
+                "--params",
+                "params.yaml",
+                "--series",
+                "series.parquet",
+                "--out",
+                "models/encoder.pt",
+                "--state",
+                "models/pretrain_state",
+                "--reports",
+                "reports",
             ],
-            cwd=project, env=env, stdout=subprocess.PIPE, stderr=self.stderr, text=True, bufsize=1,
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            bufsize=1,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -244,9 +258,13 @@ def test_the_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(r
     assert last_a["history"][-1]["lr"] == pytest.approx(0.3 * load_params(runs["straight"] / "params.yaml").pretrain.lr)
     strip = [{k: v for k, v in row.items() if k != "seconds"} for row in last_a["history"]]
     assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in last_b["history"]]
-    masker_a, masker_b = (checkpoint(runs[k], f"rank0.epoch{EPOCHS}.pt")["stateful"]["masker"] for k in ("straight", "killed"))
+    masker_a, masker_b = (
+        checkpoint(runs[k], f"rank0.epoch{EPOCHS}.pt")["stateful"]["masker"] for k in ("straight", "killed")
+    )
     assert torch.equal(masker_a["rng_state"], masker_b["rng_state"])
-    metrics_a, metrics_b = (json.loads((runs[k] / "reports" / "metrics.json").read_text()) for k in ("straight", "killed"))
+    metrics_a, metrics_b = (
+        json.loads((runs[k] / "reports" / "metrics.json").read_text()) for k in ("straight", "killed")
+    )
     assert metrics_a == metrics_b
 
 
@@ -254,11 +272,12 @@ def test_a_checkpoint_of_another_configuration_is_not_resumed(runs):
     """A finished checkpoint trained with lr 0.003: the same stage with lr 0.001 starts at epoch 1
     (resuming it would have trained nothing and written the old weights)."""
     stdout = runs["other_lr_stdout"]
-    assert "belongs to another configuration: starting afresh" in stdout
+    assert "params.pretrain differs (checkpoint " in stdout and "starting afresh" in stdout
+    assert "input.series differs" not in stdout and "code differs" not in stdout
     assert "resuming" not in stdout
     assert runs["other_lr_epochs"][0] == 1
     fresh = checkpoint(runs["other_lr"])
     assert fresh["epoch"] == 1 and len(fresh["history"]) == 1
     assert fresh["history"][0]["lr"] == pytest.approx(0.001)
-    assert fresh["fingerprint"] != checkpoint(runs["straight"])["fingerprint"]
-
+    old = checkpoint(runs["straight"])["identity"]
+    assert {k for k in fresh["identity"] if fresh["identity"][k] != old[k]} == {"params.pretrain"}

@@ -86,9 +86,7 @@ def test_transform_roundtrips_numpy_and_torch_of_any_leading_shape(raw100):
     assert scaled_np.dtype == np.float32 and scaled_np.shape == windows.shape
     assert isinstance(scaled_torch, torch.Tensor) and scaled_torch.dtype == torch.float32
     np.testing.assert_allclose(scaled_torch.numpy(), scaled_np, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(
-        scaled_np, (windows - scaler.mean[0]) / scaler.std[0], rtol=1e-5, atol=1e-5
-    )
+    np.testing.assert_allclose(scaled_np, (windows - scaler.mean[0]) / scaler.std[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(scaler.inverse_transform(scaled_np), windows, atol=1e-4)
     np.testing.assert_allclose(scaler.inverse_transform(scaled_torch).numpy(), windows, atol=1e-4)
 

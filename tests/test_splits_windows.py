@@ -38,9 +38,7 @@ def test_metr_la_week_gives_1389_178_380_windows_at_12_to_12(week_steps):
 
 
 @pytest.mark.parametrize(("t_in", "t_out"), [(12, 12), (12, 3), (6, 12), (1, 1), (24, 7)])
-def test_every_split_holds_s_minus_window_length_plus_one_windows_none_crossing_its_boundary(
-    week_steps, t_in, t_out
-):
+def test_every_split_holds_s_minus_window_length_plus_one_windows_none_crossing_its_boundary(week_steps, t_in, t_out):
     splits = make_splits(week_steps, SplitRatios(), WindowParams(t_in=t_in, t_out=t_out))
 
     for name in SPLIT_NAMES:

@@ -65,9 +65,8 @@ def test_a_stage_run_has_the_standard_tags_params_and_its_experiment_artifacts_u
 def test_a_failing_stage_ends_its_run_as_failed(project: Path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlruns.db'}")
     params = load_params(project / "params.yaml")
-    with pytest.raises(RuntimeError):
-        with stage_run("validate", params, dataset_sha256="x") as run:
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), stage_run("validate", params, dataset_sha256="x") as run:
+        raise RuntimeError("boom")
     assert mlflow.tracking.MlflowClient().get_run(run.info.run_id).info.status == "FAILED"
 
 

@@ -15,8 +15,8 @@ from torch import nn
 from gptst.data.batch import WindowBatcher
 from gptst.data.scaler import fit_train_scaler
 from gptst.data.windows import make_splits
+from gptst.metrics import masked_mae
 from gptst.params import SplitRatios, WindowParams
-from gptst.training import masked_mae
 from gptst.training.trainer import (
     BEST_WEIGHTS,
     CHECKPOINT,
@@ -89,8 +89,12 @@ def make_trainer(data, tmp_path: Path, val_script=None, **config) -> tuple[Train
 
     cfg = TrainerConfig(**{"epochs": 4, "lr": 0.01, "patience": 10, **config})
     trainer = Trainer(
-        model, step, [ParamGroup("all", list(model.parameters()), 5.0)], cfg,
-        checkpoint_dir=tmp_path, val_fn=val_fn if cfg.selection == "val" else None,
+        model,
+        step,
+        [ParamGroup("all", list(model.parameters()), 5.0)],
+        cfg,
+        checkpoint_dir=tmp_path,
+        val_fn=val_fn if cfg.selection == "val" else None,
     )
     return trainer, model
 
@@ -149,14 +153,25 @@ def test_a_finished_run_resumes_to_the_end_without_training_again(data, tmp_path
     assert all(torch.equal(weights[k], v) for k, v in model2.state_dict().items())
 
 
-def test_a_checkpoint_of_another_configuration_is_not_resumed(data, tmp_path, capsys):
+def test_a_checkpoint_of_another_run_is_not_resumed_and_the_differing_part_is_named(data, tmp_path, capsys):
     trainer, _ = make_trainer(data, tmp_path, epochs=2)
-    trainer.fingerprint = "run-a"
+    trainer.identity = {"code": "a" * 64, "input.adjacency": "1" * 64}
     trainer.fit(batches(data, 1))
     other, _ = make_trainer(data, tmp_path, epochs=2)
-    other.fingerprint = "run-b"
+    other.identity = {"code": "a" * 64, "input.adjacency": "2" * 64}
     assert other.fit(batches(data, 1)).resumed_from == 0
-    assert "belongs to another configuration" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "input.adjacency differs (checkpoint 111111111111, now 222222222222)" in out and "starting afresh" in out
+    assert "code differs" not in out
+
+
+def test_a_checkpoint_without_an_identity_part_the_run_has_is_not_resumed(data, tmp_path, capsys):
+    trainer, _ = make_trainer(data, tmp_path, epochs=2)
+    trainer.fit(batches(data, 1))
+    other, _ = make_trainer(data, tmp_path, epochs=2)
+    other.identity = {"params.graph": "g" * 64}
+    assert other.fit(batches(data, 1)).resumed_from == 0
+    assert "params.graph differs (checkpoint absent" in capsys.readouterr().out
 
 
 def test_the_autocast_path_runs_on_cpu_in_bfloat16(data, tmp_path):

@@ -23,7 +23,8 @@ import pytest
 
 from gptst.data.series import SeriesData, canonical_ids
 from gptst.params import DatasetParams, ValidationParams
-from gptst.validation import ValidationReport, new_context, validate_dataset
+from gptst.validation.gx_run import new_context
+from gptst.validation.validate import ValidationReport, validate_dataset
 
 SPEED = DatasetParams(name="metr-la", kind="speed", series="unused.h5", graph="unused.pkl", null_value=0.0)
 BIKE = DatasetParams(name="nycbike", kind="demand", series="unused.npz", graph="unused.npz", null_value=None)
@@ -107,9 +108,7 @@ def failed(gx_result: dict[str, Any]) -> list[tuple[str, str | None]]:
 
 def only(gx_result: dict[str, Any], type_: str, column: str | None, suite: str | None = None) -> dict[str, Any]:
     hits = [
-        o
-        for o in outcomes(gx_result)
-        if o["type"] == type_ and o["column"] == column and suite in (None, o["suite"])
+        o for o in outcomes(gx_result) if o["type"] == type_ and o["column"] == column and suite in (None, o["suite"])
     ]
     assert len(hits) == 1, (type_, column, hits)
     return hits[0]
@@ -383,6 +382,111 @@ def test_graph_defects_fail(run, week, metr_graph, tmp_path, case, expected_fail
     if case == "wrong_size":
         rows = only(report.gx_result, "expect_table_row_count_to_equal", None)
         assert rows["result"]["observed_value"] == 206
+
+
+# ------------------------------------------------------------------------ isolated nodes
+ISOLATED = ("expect_column_values_to_be_between", "degree")
+
+
+def isolated_share(adj: np.ndarray) -> tuple[int, int]:
+    """(isolated nodes, nodes) of a square graph: no edge in or out, self-loops not counted."""
+    linked = np.asarray(adj) != 0
+    np.fill_diagonal(linked, False)
+    return int((~linked.any(axis=0) & ~linked.any(axis=1)).sum()), linked.shape[0]
+
+
+def test_real_graphs_pass_the_default_isolated_share(test_data, metr_graph) -> None:
+    from gptst.graph.adjacency import build_adjacency
+    from gptst.graph.dcrnn_pickle import read_dcrnn_pickle
+    from gptst.params import GraphParams
+    from gptst.validation.frames import graph_rows_frame
+
+    limit = ValidationParams().max_isolated_share
+    assert limit == 0.05
+    graphs = {
+        "metr-la-week": metr_graph[1],
+        "pems-bay": read_dcrnn_pickle(test_data / "pems-bay" / "adj_mx_bay.pkl")[1],
+        "nycbike-grid": np.load(test_data / "nycbike-grid" / "adj_mx.npz")["adj_mx"],
+        "pems08 (binary)": build_adjacency(
+            test_data / "pems08" / "PEMS08.csv", [str(i) for i in range(170)], GraphParams(weighting="binary")
+        )[0],
+    }
+    measured = {name: isolated_share(adj) for name, adj in graphs.items()}
+    assert measured == {
+        "metr-la-week": (1, 207), "pems-bay": (6, 325), "nycbike-grid": (0, 128), "pems08 (binary)": (0, 170),
+    }  # fmt: skip
+    for name, adj in graphs.items():
+        frame = graph_rows_frame(adj, [str(i) for i in range(len(adj))])
+        assert int((frame["degree"] == 0).sum()) == measured[name][0], name  # the view agrees
+        assert measured[name][0] / measured[name][1] <= limit, name
+
+
+def test_week_graph_reports_its_one_isolated_node(week_report, metr_graph) -> None:
+    # Sensor 717804 has only its self-loop (the Gaussian kernel of d = 0): isolated, within the limit.
+    outcome = only(week_report.gx_result, *ISOLATED)
+    assert outcome["suite"] == "graph_matrix" and outcome["success"]
+    assert outcome["result"]["unexpected_count"] == 1 and outcome["result"]["element_count"] == 207
+    assert week_report.counts["isolated_nodes"] == 1
+    assert week_report.counts["isolated_share"] == pytest.approx(1 / 207)
+    assert "1 of 207 graph node(s) are isolated" in week_report.message
+    assert "limit 0.05" in week_report.message
+    summary = week_report.paths["summary"].read_text()
+    assert "- isolated_nodes: 1" in summary and "degree" in summary
+
+
+def test_graph_of_another_series_is_blocked_naming_share_and_limit(run, week, metr_graph, test_data, tmp_path) -> None:
+    # The graph the adjacency stage used to build from PEMS08's 170-node edge list for the 207
+    # METR-LA sensors (default Gaussian recipe, rows/cols taken by position): 137 edges,
+    # 85 of the 207 nodes isolated (positions 170..206 and 48 whose roads fall under the threshold).
+    from gptst.graph.adjacency import gaussian_adjacency
+    from gptst.graph.readers import read_csv_graph
+
+    edges = read_csv_graph(test_data / "pems08" / "PEMS08.csv").frame
+    adj = gaussian_adjacency(edges, [str(i) for i in range(207)])
+    assert np.count_nonzero(adj) == 137 and isolated_share(adj) == (85, 207)
+    report = run(week, graph=(metr_graph[0], adj))
+    assert not report.success
+    assert failed(report.gx_result) == [ISOLATED]  # every other expectation still passes
+    outcome = only(report.gx_result, *ISOLATED)
+    assert outcome["result"]["unexpected_count"] == 85 and outcome["result"]["element_count"] == 207
+    assert {e["degree"] for e in outcome["result"]["partial_unexpected_index_list"]} == {0}
+    assert report.counts["blocking_failed"] == 1
+    assert report.counts["isolated_nodes"] == 85
+    assert report.counts["isolated_share"] == pytest.approx(85 / 207)
+    assert "85 of 207 rows unexpected (share 0.411, limit 0.05)" in report.message
+    assert "validation.max_isolated_share" in report.message
+    metrics = assert_outputs(report, tmp_path)
+    assert metrics["isolated_nodes"] == 85
+    summary = (tmp_path / "summary.md").read_text()
+    assert "FAILED" in summary and "85 / 207" in summary and "- isolated_nodes: 85" in summary
+
+
+def test_isolated_share_limit_is_inclusive(run, week) -> None:
+    # The week's graph has 1 isolated node of 207: a limit of exactly 1/207 passes, 0 blocks.
+    at_limit = run(week, options=ValidationParams(max_isolated_share=1 / 207))
+    assert at_limit.success, at_limit.message
+    strict = run(week, options=ValidationParams(max_isolated_share=0.0))
+    assert not strict.success and failed(strict.gx_result) == [ISOLATED]
+    [example] = only(strict.gx_result, *ISOLATED)["result"]["partial_unexpected_index_list"]
+    assert example == {"position": 26, "item": "717804", "degree": 0}
+    assert "1 of 207 rows unexpected (share 0.00483, limit 0)" in strict.message and "717804" in strict.message
+
+
+def test_self_loops_alone_do_not_connect_a_node(run, week, metr_graph) -> None:
+    # Synthetic: the real METR-LA graph reduced to its diagonal (every node only loops to itself).
+    ids, adj = metr_graph
+    report = run(week, graph=(ids, np.diag(np.diag(adj))))
+    assert not report.success and failed(report.gx_result) == [ISOLATED]
+    assert report.counts["isolated_nodes"] == 207 and report.counts["isolated_share"] == 1.0
+
+
+def test_max_isolated_share_is_a_share() -> None:
+    from pydantic import ValidationError
+
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValidationError, match="max_isolated_share"):
+            ValidationParams(max_isolated_share=bad)
+    assert ValidationParams(max_isolated_share=1.0).max_isolated_share == 1.0
 
 
 # ------------------------------------------------------------------------------ plumbing

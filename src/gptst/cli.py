@@ -1,44 +1,36 @@
-"""The ``gptst`` command and the error handling every stage entry point shares."""
+"""The ``gptst`` command: params, baselines, predict and outputs (exit codes: :mod:`gptst.errors`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gptst.errors import InputError
+from gptst.layout import VARIANTS, processed_dir
+from gptst.stage import run_stage
 
 if TYPE_CHECKING:
-    from gptst.graph import GraphBundle
+    from gptst.graph.bundle import GraphBundle
     from gptst.params import Params
-
-EXIT_BAD_INPUT = 2
-
-
-def run_stage(body: Callable[[], int | None]) -> int:
-    """Run a stage body; bad input becomes one clear line on stderr and exit code 2.
-
-    Outputs are written atomically by the library, so an error here leaves earlier outputs
-    as they were.
-    """
-    try:
-        return body() or 0
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
     from gptst.params import load_params
+    from gptst.training.baseline_config import validate_baselines
 
     params = load_params(args.params)
+    configs = validate_baselines(params)  # every listed baseline and every baselines.<name> section
     if args.show:
-        print(json.dumps(params.model_dump(mode="json"), indent=2))
+        resolved = params.model_dump(mode="json")
+        resolved["baselines"] = {name: config.model_dump(mode="json") for name, config in configs.items()}
+        print(json.dumps(resolved, indent=2))
     else:
-        print(f"{args.params}: valid (preset {params.preset!r}, dataset {params.dataset.name!r})")
+        print(
+            f"{args.params}: valid (preset {params.preset!r}, dataset {params.dataset.name!r}, "
+            f"baselines {list(configs)})"
+        )
     return 0
 
 
@@ -49,12 +41,7 @@ def _cmd_outputs(args: argparse.Namespace) -> int:
 
 
 # The input widths a baseline is built for (gptst_random has gptst's width).
-BASELINE_VARIANTS = ("plain", "calendar", "gptst")
-
-
-def _processed_dir(params: Params) -> Path:
-    """``data/processed/<dataset.name>``, where the ingest and adjacency stages write (dvc.yaml)."""
-    return params.path(Path("data") / "processed" / params.dataset.name)
+BASELINE_VARIANTS = tuple(v for v in VARIANTS if v != "gptst_random")
 
 
 def _shown(path: Path, root: Path) -> str:
@@ -68,7 +55,7 @@ def _dataset_axes(params: Params, params_file: str | Path = "params.yaml") -> tu
     from gptst.data.readers import read_raw_series
     from gptst.data.series import read_series_metadata
 
-    series = _processed_dir(params) / "series.parquet"
+    series = processed_dir(params.root, params.dataset.name) / "series.parquet"
     if series.is_file():
         meta = read_series_metadata(series)
         return list(meta["node_ids"]), list(meta["channels"]), series
@@ -89,13 +76,16 @@ def _dataset_axes(params: Params, params_file: str | Path = "params.yaml") -> tu
 def _dataset_graph(params: Params, node_ids: list[str]) -> tuple[GraphBundle, Path]:
     """The dataset's graph in series order, and where it was read: the adjacency stage's
     ``adjacency.npz`` when it exists, else the raw graph file built as that stage builds it."""
-    from gptst.graph import GraphBundle, build_adjacency, load_adjacency
+    from gptst.graph.adjacency import build_adjacency
+    from gptst.graph.bundle import GraphBundle, load_adjacency
 
-    adjacency = _processed_dir(params) / "adjacency.npz"
+    adjacency = processed_dir(params.root, params.dataset.name) / "adjacency.npz"
     if adjacency.is_file():
         graph = load_adjacency(adjacency)
         if graph.node_ids != list(node_ids):
-            raise InputError(adjacency, "node_ids", "not the series' nodes in the series' order: re-run the adjacency stage")
+            raise InputError(
+                adjacency, "node_ids", "not the series' nodes in the series' order: re-run the adjacency stage"
+            )
         return graph, adjacency
     source = params.path(params.dataset.graph)
     adj, ids = build_adjacency(source, node_ids, params.graph)
@@ -103,15 +93,13 @@ def _dataset_graph(params: Params, node_ids: list[str]) -> tuple[GraphBundle, Pa
 
 
 def _cmd_baselines(args: argparse.Namespace) -> int:
-    from gptst.models.baselines import (
-        build_baseline,
-        parameter_count,
-        registered_baselines,
-    )
+    from gptst.models.baselines.registry import build_baseline, parameter_count, registered_baselines
     from gptst.models.forecaster import input_dim
     from gptst.params import load_params
+    from gptst.training.baseline_config import baseline_config, validate_baselines
 
     params = load_params(args.params)
+    validate_baselines(params)
     node_ids, channels, series_source = _dataset_axes(params, args.params)
     graph, graph_source = _dataset_graph(params, node_ids)
     widths = [input_dim(v, len(channels), params.pretrain.model.hidden) for v in BASELINE_VARIANTS]
@@ -122,14 +110,22 @@ def _cmd_baselines(args: argparse.Namespace) -> int:
         f"graph {_shown(graph_source, params.root)}"
     )
     print("parameters of the baseline itself (a gptst variant's fusion layer and frozen encoder not included)")
-    print(f"{'baseline':<10}" + "".join(f"{f'{v} (in {w})':>18}" for v, w in zip(BASELINE_VARIANTS, widths, strict=True)))
+    print(
+        f"{'baseline':<10}" + "".join(f"{f'{v} (in {w})':>18}" for v, w in zip(BASELINE_VARIANTS, widths, strict=True))
+    )
     for name in registered_baselines():
         try:
             counts = [
                 parameter_count(
                     build_baseline(
-                        name, num_nodes=len(node_ids), in_dim=width, out_dim=len(channels), in_steps=t_in,
-                        out_steps=t_out, graph=graph, params=getattr(params.baselines, name),
+                        name,
+                        num_nodes=len(node_ids),
+                        in_dim=width,
+                        out_dim=len(channels),
+                        in_steps=t_in,
+                        out_steps=t_out,
+                        graph=graph,
+                        params=baseline_config(params, name),
                     )
                 )
                 for width in widths
@@ -147,15 +143,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from gptst.evaluation.predictions import write_predictions
     from gptst.models.forecaster_bundle import load_forecaster
     from gptst.params import load_params
+    from gptst.tracking.registry import load_model
     from gptst.training.finetune import bundle_data, predict_windows
 
     params = load_params(args.params)
     device = resolve_device(params.device)
     series = load_series(args.series)
-    bundle = load_forecaster(args.model, map_location=device)
+    bundle = load_model(load_forecaster, args.model, device)
     data = bundle_data(bundle, params, series, source=args.model, device=device)
     windows = data.splits[args.split]
     table, pred = predict_windows(bundle.forecaster, data, windows, params.finetune.common.batch_size, keep=True)
+    assert pred is not None  # keep=True returns the forecasts
     write_predictions(args.out, pred, windows.starts, bundle.t_in, bundle.node_ids)
     avg = table["avg"]
     print(
@@ -169,11 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gptst`` console script."""
     parser = argparse.ArgumentParser(prog="gptst", description="GPT-ST pipeline tools")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("params", help="validate params.yaml (with its preset) and optionally print it")
+    p = sub.add_parser(
+        "params",
+        help="validate params.yaml (with its preset; each baseline against its config "
+        "class) and optionally print it resolved",
+    )
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--show", action="store_true", help="print the resolved parameters as JSON")
     p.set_defaults(func=_cmd_params)
-    p = sub.add_parser("baselines", help="list the registered baselines with their parameter counts at the dataset's size")
+    p = sub.add_parser(
+        "baselines", help="list the registered baselines with their parameter counts at the dataset's size"
+    )
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=_cmd_baselines)
     p = sub.add_parser("predict", help="forecast a split of a series with a forecaster bundle (file or models:/ URI)")

@@ -50,11 +50,11 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
-def write_npz(path: str | Path, **arrays: np.ndarray) -> Path:
+def write_npz(path: str | Path, **arrays: np.ndarray | np.generic) -> Path:
     """Write arrays to an uncompressed ``.npz`` atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        # allow_pickle spelled out (numpy's default) so no array keyword can be taken for it.
+        np.savez(fh, allow_pickle=True, **arrays)
     return Path(path)
 
 

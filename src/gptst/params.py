@@ -14,17 +14,18 @@ import copy
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from gptst.data.kinds import KIND_NAMES, data_kind
 from gptst.errors import InputError
 
 PRESET_SECTIONS = ("pretrain", "finetune", "baselines")
 DEFAULT_BASELINES = ["gwn", "stgcn", "mtgnn", "astgcn", "tgcn"]
-VARIANTS = ("plain", "calendar", "gptst", "gptst_random")
 
 
 class _Section(BaseModel):
@@ -60,8 +61,6 @@ class Bounds(_Section):
         return self
 
 
-_DEFAULT_BOUNDS = {"speed": Bounds(min=0.0, max=120.0), "demand": Bounds(min=0.0, max=None)}
-_DEFAULT_MAPE_MIN = {"speed": 0.0, "demand": 0.001}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -69,7 +68,7 @@ class DatasetParams(_Section):
     """What the raw files are and how to read them. Switching datasets means editing this."""
 
     name: str
-    kind: Literal["speed", "demand"]
+    kind: str = Field(description=f"kind of data, one of {list(KIND_NAMES)} (gptst.data.kinds: bounds, MAPE, split)")
     series: str = Field(description="path to the series: .h5 (pandas, key h5_key), .npz or .csv")
     graph: str = Field(description="path to the graph: DCRNN .pkl, edge-list .csv, or dense .csv/.npy/.npz")
     h5_key: str = "df"
@@ -83,10 +82,24 @@ class DatasetParams(_Section):
     null_value: float | None = Field(description="value that marks a missing reading (0.0 for speeds); null: none")
     start: str | None = Field(None, description="first timestamp, for files without timestamps")
     freq: str | None = Field(None, description="sampling interval (pandas alias, '5min'), for files without timestamps")
-    split: SplitRatios = SplitRatios()
+    split: SplitRatios = Field(SplitRatios(), description="absent: the kind's split (speed 7:1:2, demand 6:2:2)")
     bounds: Bounds | None = Field(None, description="physical bounds; default by kind (speed 0..120, demand >= 0)")
     max_missing_per_node: float = Field(0.6, ge=0, le=1)
     max_missing_overall: float = Field(0.2, ge=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_of_the_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "split" not in data and data.get("kind") in KIND_NAMES:
+            train, val, test = data_kind(data["kind"]).default_split
+            data = {**data, "split": {"train": train, "val": val, "test": test}}
+        return data
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        data_kind(v)
+        return v
 
     @field_validator("name")
     @classmethod
@@ -116,11 +129,12 @@ class DatasetParams(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetParams:
-        if self.channels is not None and self.channel_names is not None:
-            if len(self.channels) != len(self.channel_names):
-                raise ValueError(
-                    f"channel_names has {len(self.channel_names)} names for {len(self.channels)} channels"
-                )
+        if (
+            self.channels is not None
+            and self.channel_names is not None
+            and len(self.channels) != len(self.channel_names)
+        ):
+            raise ValueError(f"channel_names has {len(self.channel_names)} names for {len(self.channels)} channels")
         if self.channel_names is not None and len(set(self.channel_names)) != len(self.channel_names):
             raise ValueError(f"channel_names {self.channel_names} are not distinct")
         if (self.start is None) != (self.freq is None) and self.start is not None:
@@ -129,7 +143,10 @@ class DatasetParams(_Section):
 
     @property
     def physical_bounds(self) -> Bounds:
-        return self.bounds if self.bounds is not None else _DEFAULT_BOUNDS[self.kind]
+        if self.bounds is not None:
+            return self.bounds
+        kind = data_kind(self.kind)
+        return Bounds(min=kind.min_value, max=kind.max_value)
 
 
 # ----------------------------------------------------------------------------- data stages
@@ -155,20 +172,35 @@ class GraphParams(_Section):
 
 
 class ValidationParams(_Section):
-    """Great Expectations run options (the thresholds are dataset properties, in ``dataset``)."""
+    """Great Expectations run options and the graph's threshold (the series' thresholds are
+    dataset properties, in ``dataset``)."""
 
     max_examples: int = Field(5, ge=1)
     block_on_zero_nodes: bool = False
+    max_isolated_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="blocks a graph whose share of isolated nodes (no edge in or out, "
+        "self-loops not counted) is above this",
+    )
 
 
 class MetricsParams(_Section):
     """Masked metrics: ``mape_min`` defaults by kind (0 for speed, 0.001 for demand)."""
 
     mape_min: float | None = Field(None, ge=0)
-    horizons: list[int] = [3, 6, 12]
+    horizons: list[int] = Field([3, 6, 12], description="horizon steps shown in reports, each in 1..windows.t_out")
+
+    @field_validator("horizons")
+    @classmethod
+    def _positive_horizons(cls, v: list[int]) -> list[int]:
+        if not v or min(v) < 1 or len(set(v)) != len(v):
+            raise ValueError(f"{v} must be a non-empty list of distinct steps >= 1")
+        return v
 
     def mape_threshold(self, kind: str) -> float:
-        return self.mape_min if self.mape_min is not None else _DEFAULT_MAPE_MIN[kind]
+        return self.mape_min if self.mape_min is not None else data_kind(kind).mape_min
 
 
 # ---------------------------------------------------------------------------------- pretrain
@@ -196,11 +228,18 @@ class OptimParams(_Section):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(0.003, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    lr_decay_epochs: list[int] = []
+    lr_decay_epochs: list[int] = Field([], description="epochs (>= 1, increasing) after which lr *= lr_decay_rate")
     lr_decay_rate: float = Field(0.3, gt=0, le=1)
     grad_clip: float | None = Field(5.0, gt=0)
     patience: int = Field(25, ge=1)
     max_batches_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs; null: every window")
+
+    @field_validator("lr_decay_epochs")
+    @classmethod
+    def _increasing_epochs(cls, v: list[int]) -> list[int]:
+        if v and (min(v) < 1 or v != sorted(set(v))):
+            raise ValueError(f"{v} must be increasing epochs >= 1")
+        return v
 
 
 class PretrainParams(OptimParams):
@@ -236,150 +275,43 @@ class FinetuneCommon(OptimParams):
 
 
 class FinetuneParams(_Section):
-    baselines: list[str] = list(DEFAULT_BASELINES)
+    baselines: list[str] = Field(
+        list(DEFAULT_BASELINES), description="the finetune matrix (DVC reads it from params.yaml)"
+    )
     common: FinetuneCommon = FinetuneCommon()
     encoder_cache_max_gb: float = Field(2.0, ge=0)
 
-
-class BaselineParams(_Section):
-    """Fields every baseline has; each baseline adds its own hyper-parameters."""
-
-    loss: Literal["mae", "huber"] = "mae"
-    huber_delta: float = Field(1.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-
-class GwnParams(BaselineParams):
-    dropout: float = 0.3
-    graph: Literal["adaptive", "transition+adaptive"] = "adaptive"
-    residual_channels: int = 32
-    dilation_channels: int = 32
-    skip_channels: int = 256
-    end_channels: int = 512
-    blocks: int = 4
-    layers: int = 2
-    kernel_size: int = 2
-    adaptive_dim: int = 10
-
-
-class StgcnParams(BaselineParams):
-    """STGCN, GPT-ST configuration: per ST-Conv block ``[bottleneck, output]`` channels (a block's
-    input is the model input or the previous block's output), 'same' temporal padding."""
-
-    cheb_k: int = Field(3, ge=1)
-    kernel_t: int = Field(3, ge=1)
-    output_kernel_t: int = Field(3, ge=1, description="output layer's temporal kernel when T_out == T_in")
-    block_channels: list[list[int]] = [[32, 64], [32, 128]]
-
-    @field_validator("block_channels")
+    @field_validator("baselines")
     @classmethod
-    def _pairs(cls, v: list[list[int]]) -> list[list[int]]:
-        if not v or any(len(block) != 2 or min(block) < 1 for block in v):
-            raise ValueError(f"{v}: need at least one block, each [bottleneck, output] of positive ints")
+    def _baseline_names(cls, v: list[str]) -> list[str]:
+        bad = [name for name in v if not BASELINE_NAME.match(name)]
+        if bad:
+            raise ValueError(f"{bad} are not baseline names (a module name: lower-case letters, digits, '_')")
+        if len(set(v)) != len(v):
+            raise ValueError(f"{v} lists a baseline twice")
         return v
 
 
-class MtgnnParams(BaselineParams):
-    dropout: float = 0.3
-    gcn_depth: int = 2
-    subgraph_size: int = 20
-    node_dim: int = 40
-    conv_channels: int = 32
-    residual_channels: int = 32
-    skip_channels: int = 64
-    end_channels: int = 128
-    layers: int = 3
-    dilation_exponential: int = 1
-    prop_alpha: float = 0.05
-    tanh_alpha: float = 3.0
+# Baseline names are module names of gptst.models.baselines (no '-': DVC items are
+# finetune@<baseline>-<variant>). Their config classes live there, next to each model: this module
+# checks only that ``baselines.<name>`` are mappings; gptst.training.baseline_config validates them
+# against the registry (importing a baseline here would put models into every stage's import closure).
+BASELINE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-class AstgcnParams(BaselineParams):
-    """ASTGCN, GPT-ST configuration (normalized Laplacian; the original paper: combinatorial)."""
-
-    blocks: int = Field(2, ge=1)
-    cheb_k: int = Field(3, ge=1)
-    chev_filters: int = Field(64, ge=1)
-    time_filters: int = Field(64, ge=1)
-    laplacian: Literal["normalized", "combinatorial"] = "normalized"
-
-
-class TgcnParams(BaselineParams):
-    hidden: int = 100
-
-
-class StsgcnParams(BaselineParams):
-    loss: Literal["mae", "huber"] = "huber"
-    layers: int = 4
-    hidden: int = 64
-    embed: int = 64
-    out_hidden: int = 128
-
-
-class StfgnnParams(BaselineParams):
-    loss: Literal["mae", "huber"] = "huber"
-    layers: int = 3
-    hidden: int = 64
-    dtw_top_k: int = 4
-    dtw_max_steps_per_day: int = 288
-
-
-class StgodeParams(BaselineParams):
-    loss: Literal["mae", "huber"] = "huber"
-    hidden: int = 64
-    ode_time: float = 6.0
-    sigma1: float = 0.1
-    sigma2: float = 10.0
-    thres1: float = 0.6
-    thres2: float = 0.5
-
-
-class StwaParams(BaselineParams):
-    hidden: int = 32
-    latent: int = 16
-    layers: int = 3
-
-
-class MsdrParams(BaselineParams):
-    rnn_units: int = 64
-    rnn_layers: int = 2
-    pre_k: int = 4
-    diffusion_steps: int = 2
-
-
-class DmvstnetParams(BaselineParams):
-    hidden: int = 64
-    graph_embed: int = 16
-
-
-class CcrnnParams(BaselineParams):
-    hidden: int = 25
-    layers: int = 3
-    svd_rank: int = 20
-
-
-class StmgcnParams(BaselineParams):
-    hidden: int = 64
-    cheb_k: int = 2
-    correlation_threshold: float = 0.0
-
-
-class BaselinesParams(_Section):
-    """``baselines.<name>``: each baseline's own hyper-parameters (a matrix item's only params)."""
-
-    gwn: GwnParams = GwnParams()
-    stgcn: StgcnParams = StgcnParams()
-    mtgnn: MtgnnParams = MtgnnParams()
-    astgcn: AstgcnParams = AstgcnParams()
-    tgcn: TgcnParams = TgcnParams()
-    stsgcn: StsgcnParams = StsgcnParams()
-    stfgnn: StfgnnParams = StfgnnParams()
-    stgode: StgodeParams = StgodeParams()
-    stwa: StwaParams = StwaParams()
-    msdr: MsdrParams = MsdrParams()
-    dmvstnet: DmvstnetParams = DmvstnetParams()
-    ccrnn: CcrnnParams = CcrnnParams()
-    stmgcn: StmgcnParams = StmgcnParams()
+def _baseline_sections(v: Any) -> dict[str, dict[str, Any]]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ValueError(f"must be a mapping of baseline name to its overrides, got {type(v).__name__}")
+    out = {}
+    for name, section in v.items():
+        if not isinstance(name, str) or not BASELINE_NAME.match(name):
+            raise ValueError(f"{name!r} is not a baseline name (a module name: lower-case letters, digits, '_')")
+        if section is not None and not isinstance(section, dict):
+            raise ValueError(f"baselines.{name} must be a mapping of its hyper-parameters, got {section!r}")
+        out[name] = dict(section or {})
+    return out
 
 
 # ------------------------------------------------------------------- promotion, tracking, ops
@@ -387,7 +319,7 @@ class PromotionParams(_Section):
     """Champion promotion: re-score on the same validation windows, move on a relative gain."""
 
     metric: Literal["mae", "rmse", "mape"] = "mae"
-    min_rel_gain: float = Field(0.01, ge=0)
+    min_rel_gain: float = Field(0.01, ge=0, lt=1, description="relative gain (old - new) / old needed to promote")
     window: Literal["val"] = "val"
     max_windows: int | None = Field(None, ge=1, description="last N validation windows; null: all")
 
@@ -446,7 +378,7 @@ class Params(_Section):
     """The whole of ``params.yaml`` after the preset overlay."""
 
     preset: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     dataset: DatasetParams
     windows: WindowParams = WindowParams()
@@ -455,20 +387,22 @@ class Params(_Section):
     metrics: MetricsParams = MetricsParams()
     pretrain: PretrainParams = PretrainParams()
     finetune: FinetuneParams = FinetuneParams()
-    baselines: BaselinesParams = BaselinesParams()
+    baselines: dict[str, dict[str, Any]] = Field(
+        {}, description="baselines.<name>: overrides of that baseline's own defaults (its config class)"
+    )
     promotion: PromotionParams = PromotionParams()
     tracking: TrackingParams = TrackingParams()
     orchestration: OrchestrationParams = OrchestrationParams()
 
     _root: Path = PrivateAttr(default_factory=Path.cwd)
+    _file: Path | None = PrivateAttr(default=None)
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+    _file_baselines: dict[str, dict[str, Any]] = PrivateAttr(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _known_baselines(self) -> Params:
-        known = set(BaselinesParams.model_fields)
-        unknown = [b for b in self.finetune.baselines if b not in known]
-        if unknown:
-            raise ValueError(f"finetune.baselines names unknown baselines {unknown}; known: {sorted(known)}")
-        return self
+    @field_validator("baselines", mode="before")
+    @classmethod
+    def _baselines_are_sections(cls, v: Any) -> dict[str, dict[str, Any]]:
+        return _baseline_sections(v)
 
     @property
     def root(self) -> Path:
@@ -479,6 +413,22 @@ class Params(_Section):
         """Resolve a path from params against the project root."""
         p = Path(relative)
         return p if p.is_absolute() else self._root / p
+
+    @property
+    def file(self) -> Path:
+        """The params.yaml this was loaded from."""
+        return self._file if self._file is not None else self._root / "params.yaml"
+
+    @property
+    def file_baselines(self) -> dict[str, dict[str, Any]]:
+        """``baselines:`` of params.yaml alone (before the preset overlay), validated too: a value the
+        preset masks today is used by another preset tomorrow."""
+        return self._file_baselines
+
+    def source_of(self, dotted: str) -> str:
+        """Where the value of ``dotted`` (``baselines.gwn.dropout``) was set: the preset file, an
+        override, or params.yaml."""
+        return _origin_of(tuple(dotted.split(".")), self._origins, self.file)
 
     def digest(self, *sections: str) -> str:
         """sha256 of the resolved params (or of the named sections), for run tags."""
@@ -508,31 +458,48 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
             available = sorted(p.stem for p in (path.parent / "presets").glob("*.yaml"))
             raise InputError(path, "preset", f"no preset file {preset_path} (available: {available})")
         overlay = _read_yaml(preset_path)
-        stray = sorted(set(overlay) - set(PRESET_SECTIONS))
-        if stray:
-            raise InputError(
-                preset_path, stray[0], f"presets may only set {list(PRESET_SECTIONS)}; set {stray} in params.yaml"
-            )
-        # dvc.yaml tracks these preset sections as params: each must exist (use {} for none).
-        absent = [s for s in PRESET_SECTIONS if not isinstance(overlay.get(s), dict)]
-        if absent:
-            raise InputError(preset_path, absent[0], f"every preset sets {list(PRESET_SECTIONS)} (use {{}} for none)")
-        # The DVC matrix of finetune items is read from params.yaml alone, and each item tracks
-        # `finetune.common` and its own `baselines.<name>` in the preset: those keys must exist.
-        stray = sorted(set(overlay["finetune"]) - {"common"})
-        if stray:
-            raise InputError(preset_path, f"finetune.{stray[0]}", "presets set only finetune.common; the rest belongs in params.yaml")
-        if not isinstance(overlay["finetune"].get("common"), dict):
-            raise InputError(preset_path, "finetune.common", "every preset sets finetune.common (use {} for none)")
-        absent = [name for name in BaselinesParams.model_fields if not isinstance(overlay["baselines"].get(name), dict)]
-        if absent:
-            raise InputError(
-                preset_path, f"baselines.{absent[0]}", "every preset sets a section for each baseline (use {} for none); "
-                f"missing: {absent}"
-            )
+        _check_preset(overlay, preset_path)
+    # params.yaml must be valid on its own too: a value a preset masks is used by another preset
+    alone = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        _set_dotted(alone, dotted, value)
+    own = _validate(alone, {dotted: f"override {dotted}={value!r}" for dotted, value in overrides.items()}, path)
+    if preset is not None:
         _merge(raw, overlay, origin, str(preset_path), ())
     for dotted, value in overrides.items():
         _set_dotted(raw, dotted, value)
+        origin[dotted] = f"override {dotted}={value!r}"
+    params = _validate(raw, origin, path)
+    params._root = path.parent
+    params._file = path
+    params._origins = origin
+    params._file_baselines = own.baselines
+    return params
+
+
+def _check_preset(overlay: dict[str, Any], preset_path: Path) -> None:
+    """A preset overlays the training sections only, and lists only what it changes. The pretrain
+    stage tracks the preset's ``pretrain`` section in dvc.yaml (DVC fails on an absent key), so that
+    one must exist; the finetune items track the finetune_params stage's resolved file instead."""
+    stray = sorted(set(overlay) - set(PRESET_SECTIONS))
+    if stray:
+        raise InputError(
+            preset_path, stray[0], f"presets may only set {list(PRESET_SECTIONS)}; set {stray} in params.yaml"
+        )
+    if not isinstance(overlay.get("pretrain"), dict):
+        raise InputError(preset_path, "pretrain", "every preset sets pretrain (use {} for none): dvc.yaml tracks it")
+    for section in ("finetune", "baselines"):
+        if section in overlay and not isinstance(overlay[section], dict):
+            raise InputError(preset_path, section, f"must be a mapping, got {overlay[section]!r}")
+    # The DVC matrix of finetune items is read from params.yaml alone.
+    stray = sorted(set(overlay.get("finetune") or {}) - {"common"})
+    if stray:
+        raise InputError(
+            preset_path, f"finetune.{stray[0]}", "presets set only finetune.common; the rest belongs in params.yaml"
+        )
+
+
+def _validate(raw: dict[str, Any], origin: dict[str, str], path: Path) -> Params:
     try:
         params = Params.model_validate(raw)
     except ValidationError as err:
@@ -545,7 +512,14 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
         if len(problems) > 6:
             more += f" (and {len(problems) - 6} more)"
         raise InputError(source, loc, _describe(first) + more) from None
-    params._root = path.parent
+    # checks across sections, each named by the key to change
+    beyond = [h for h in params.metrics.horizons if h > params.windows.t_out]
+    if beyond:
+        raise InputError(
+            _origin_of(("metrics", "horizons"), origin, path),
+            "metrics.horizons",
+            f"{beyond} are beyond windows.t_out = {params.windows.t_out}",
+        )
     return params
 
 
@@ -588,7 +562,7 @@ def _origin_of(loc: tuple, origin: dict[str, str], default: Path) -> str:
     return str(default)
 
 
-def _describe(error: dict) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     msg = error["msg"]
     if error["type"] == "extra_forbidden":
         return "unknown key (check its spelling and section)"

@@ -11,7 +11,7 @@ OUTPUT_FOLDERS = ("data/processed", "models", "reports")
 GROUP_ABOVE = 8  # files in one first-level folder listed one by one
 
 
-def _size(n_bytes: int) -> str:
+def _size(n_bytes: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n_bytes < 1024 or unit == "GB":
             return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"

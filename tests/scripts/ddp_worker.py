@@ -44,8 +44,11 @@ def main() -> None:
     class CapturingTrainer(Trainer):
         def _load_best(self) -> None:
             torch.save(
-                {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "ddp": isinstance(self.train_module, torch.nn.parallel.DistributedDataParallel)},
+                {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "ddp": isinstance(self.train_module, torch.nn.parallel.DistributedDataParallel),
+                },
                 out / f"final_rank{dist.rank}.pt",
             )
             super()._load_best()
@@ -54,7 +57,7 @@ def main() -> None:
     params = load_params(args.params, overrides=json.loads(args.overrides))
     series = load_series(args.series)
     result = pretrain_module.pretrain(
-        params, series, state_dir=out / "state", device="cpu", dist=dist, fingerprint="ddp-test"
+        params, series, state_dir=out / "state", device="cpu", dist=dist, identity={"run": "ddp-test"}
     )
     print(f"rank {dist.rank}: epochs run {result.fit.epochs_run}, best epoch {result.fit.best_epoch}", flush=True)
     torch.distributed.barrier()

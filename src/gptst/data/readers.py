@@ -9,11 +9,11 @@ float32 array.
 from __future__ import annotations
 
 import csv
-import io
 import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import h5py
 import numpy as np
@@ -195,7 +195,7 @@ def read_npz(
     return RawSeries(values=values, timestamps=timestamps, node_ids=None)
 
 
-def _read_npy_rows(path: Path, key: str, fh: io.BufferedIOBase, channels: list[int] | None) -> np.ndarray:
+def _read_npy_rows(path: Path, key: str, fh: IO[bytes], channels: list[int] | None) -> np.ndarray:
     version = np.lib.format.read_magic(fh)
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran, dtype = read_header(fh)
@@ -223,7 +223,7 @@ def _read_npy_rows(path: Path, key: str, fh: io.BufferedIOBase, channels: list[i
     return out
 
 
-def _read_exact(fh: io.BufferedIOBase, n_bytes: int, path: Path, field: str) -> bytes:
+def _read_exact(fh: IO[bytes], n_bytes: int, path: Path, field: str) -> bytes:
     data = fh.read(n_bytes)
     if len(data) != n_bytes:
         raise InputError(path, field, f"truncated: expected {n_bytes} bytes, got {len(data)}")

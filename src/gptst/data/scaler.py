@@ -118,8 +118,8 @@ class StandardScaler:
                 torch.as_tensor(self.mean, dtype=dtype, device=x.device),
                 torch.as_tensor(self.std, dtype=dtype, device=x.device),
             )
-        dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
-        return self.mean.astype(dtype), self.std.astype(dtype)
+        np_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
+        return self.mean.astype(np_dtype), self.std.astype(np_dtype)
 
 
 def fit_train_scaler(series: SeriesData, steps: SplitSteps) -> StandardScaler:

@@ -38,7 +38,7 @@ class SeriesData:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.values.shape)  # type: ignore[return-value]
+        return tuple(self.values.shape)
 
     def missing_mask(self) -> np.ndarray:
         """Boolean [T, N, C]: True where the reading is missing (``null_value`` or NaN)."""

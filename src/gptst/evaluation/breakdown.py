@@ -17,7 +17,7 @@ import torch
 from gptst.data.series import SeriesData
 from gptst.evaluation.bootstrap import WindowErrors
 from gptst.evaluation.predictions import Predictions
-from gptst.training.metrics import valid_mask
+from gptst.metrics import valid_mask
 
 # The usual weekday traffic peaks, in hours of the day (inclusive): the morning rush 7-9 h and
 # the evening rush 16-19 h. An hour is flagged when the forecast step's timestamp falls in it.
@@ -45,7 +45,7 @@ class ErrorSums:
 def error_sums(pred: Predictions, series: SeriesData, *, block_windows: int = _BLOCK_WINDOWS) -> ErrorSums:
     """Score ``pred`` against ``series`` (all horizon steps pooled), ignoring missing true values.
 
-    Missing follows the metrics' rule (:func:`gptst.training.metrics.valid_mask`: NaN or the
+    Missing follows the metrics' rule (:func:`gptst.metrics.valid_mask`: NaN or the
     series' ``null_value``). Raises ValueError when the forecasts do not fit the series.
     """
     if list(series.node_ids) != list(pred.node_ids):

@@ -1,7 +1,7 @@
 """The comparison table of every baseline x variant: read the finetune metrics, long and wide forms.
 
 Each finetune item writes the contract's ``metrics.json`` (see
-:func:`gptst.training.metrics.write_metrics_json`) under ``<reports>/<baseline>/<variant>/``.
+:func:`gptst.metrics.write_metrics_json`) under ``<reports>/<baseline>/<variant>/``.
 The long form (:func:`comparison_frame`) is the CSV the pipeline keeps; the wide form
 (:func:`comparison_markdown`) is what ``make run`` prints.
 """
@@ -17,8 +17,8 @@ from typing import Any
 import pandas as pd
 
 from gptst.errors import InputError
-from gptst.models.forecaster import VARIANTS
-from gptst.training.metrics import AVG_KEY, METRIC_NAMES
+from gptst.layout import VARIANTS
+from gptst.metrics import AVG_KEY, METRIC_NAMES
 
 COMPARISON_COLUMNS = ("baseline", "variant", "horizon", *METRIC_NAMES)
 METRICS_FILE = "metrics.json"
@@ -150,7 +150,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], right_f
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
-        padded = [c.rjust(w) if i >= right_from else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        padded = [
+            c.rjust(w) if i >= right_from else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
         return "| " + " | ".join(padded) + " |"
 
     rule = ["-" * (w + 2) if i < right_from else "-" * (w + 1) + ":" for i, w in enumerate(widths)]
@@ -204,9 +206,7 @@ def evaluation_metrics(
     (where given) the bootstrap comparison of gptst against plain under ``gptst_vs_plain``."""
     metrics: dict[str, dict[str, Any]] = {}
     for row in frame[frame["horizon"] == AVG_KEY].itertuples(index=False):
-        metrics.setdefault(row.baseline, {})[row.variant] = {
-            m: _finite_or_none(getattr(row, m)) for m in METRIC_NAMES
-        }
+        metrics.setdefault(row.baseline, {})[row.variant] = {m: _finite_or_none(getattr(row, m)) for m in METRIC_NAMES}
     for baseline, result in (bootstraps or {}).items():
         metrics.setdefault(baseline, {})["gptst_vs_plain"] = {
             k: _finite_or_none(v) if isinstance(v, float) else v for k, v in result.items()

@@ -25,8 +25,8 @@ from gptst.data.series import SeriesData
 from gptst.evaluation.breakdown import PEAK_HOURS
 from gptst.evaluation.predictions import Predictions
 from gptst.io import atomic_path
-from gptst.models.forecaster import VARIANTS
-from gptst.training.metrics import valid_mask
+from gptst.layout import VARIANTS
+from gptst.metrics import valid_mask
 
 DEFAULT_STEP = 3
 DEFAULT_SENSORS = 3
@@ -74,7 +74,7 @@ def plot_horizon_mae(frame: pd.DataFrame, path: str | Path, title: str = "") -> 
     if not baselines:
         raise ValueError("no horizon MAE to plot")
     fig, axes = _panels(len(baselines))
-    for ax, baseline in zip(axes, baselines):
+    for ax, baseline in zip(axes, baselines, strict=False):
         rows = frame[frame["baseline"] == baseline]
         for variant in _variant_order(rows["variant"].unique()):
             line = rows[rows["variant"] == variant].sort_values("step")
@@ -103,7 +103,7 @@ def plot_mae_by_time_of_day(frame: pd.DataFrame, path: str | Path, title: str = 
         axes[0].set_axis_off()
         return _save(fig, path)
     fig, axes = _panels(len(baselines))
-    for ax, baseline in zip(axes, baselines):
+    for ax, baseline in zip(axes, baselines, strict=False):
         rows = frame[frame["baseline"] == baseline]
         for lo, hi in _runs(sorted(PEAK_HOURS)):
             ax.axvspan(lo - 0.5, hi + 0.5, color="0.9", zorder=0)
@@ -207,9 +207,7 @@ def forecast_trace(view: ForecastView, pred: Predictions) -> np.ndarray:
     return pred.pred[view.rows, view.step - 1][:, view.sensors, view.channel].astype(np.float64)
 
 
-def plot_forecasts(
-    view: ForecastView, traces: Mapping[str, np.ndarray], path: str | Path, title: str = ""
-) -> Path:
+def plot_forecasts(view: ForecastView, traces: Mapping[str, np.ndarray], path: str | Path, title: str = "") -> Path:
     """Truth and each variant's forecast (``traces``: variant -> [R, S]) for the view's sensors, one panel each."""
     plt = _pyplot()
     n = len(view.sensors)

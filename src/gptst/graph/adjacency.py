@@ -14,6 +14,12 @@ Rules, in one place:
   endpoints are sensor ids; otherwise (all are integers in [0, N)) they are 0-based indices
   when none of them is a series id or when the series ids are exactly "0".."N-1" in order (the
   two readings agree); any other case is ambiguous and raises, asking for ``index`` or ``id``.
+  Falling back to indices because no endpoint is a series id needs the indices to cover the
+  series (next rule); if they do not, the file is not this series' graph and ``auto`` raises,
+  naming how many ids matched and how the index range compares with N.
+* An index edge list must cover the series: max index + 1 == N, and at most
+  ``MAX_UNLINKED_SHARE`` of the N nodes without an edge row to or from another node (self
+  pairs do not count). An id edge list must match at least one series id (see below).
 * Node order follows the series. Sources with ids (pickles, id edge lists) are matched by id:
   a pickle must hold exactly the series ids; an id edge list must mention every series id and
   may mention others (their rows are dropped, as DCRNN does with a district-wide distance
@@ -38,6 +44,9 @@ from gptst.params import GraphParams
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 SUPPORTED_SUFFIXES = (*PICKLE_SUFFIXES, ".npy", ".npz", ".csv")
 _SHOW = 5  # ids quoted in a mismatch message, per side
+# Index edge lists: the largest share of series nodes allowed without an edge row (self pairs
+# aside) before the file is refused as not covering the series.
+MAX_UNLINKED_SHARE = 0.05
 
 
 # ------------------------------------------------------------------------------ recipes
@@ -51,9 +60,13 @@ def _edge_positions(edges: pd.DataFrame, node_ids: Sequence[str]) -> tuple[np.nd
         raise ValueError("node_ids contains duplicates")
     rows = pd.Series([canonical_id(x) for x in edges["from"]], dtype=object).map(position)
     cols = pd.Series([canonical_id(x) for x in edges["to"]], dtype=object).map(position)
-    kept = pd.DataFrame({
-        "i": rows.to_numpy(), "j": cols.to_numpy(), "cost": edges["cost"].to_numpy(dtype=np.float64),
-    }).dropna(subset=["i", "j"])
+    kept = pd.DataFrame(
+        {
+            "i": rows.to_numpy(),
+            "j": cols.to_numpy(),
+            "cost": edges["cost"].to_numpy(dtype=np.float64),
+        }
+    ).dropna(subset=["i", "j"])
     # numpy leaves the winner of a repeated fancy-index assignment unspecified, so resolve
     # repeats first: the last row of a pair wins.
     kept = kept.drop_duplicates(subset=["i", "j"], keep="last")
@@ -85,11 +98,14 @@ def gaussian_adjacency(
     if finite.size == 0:
         raise InputError(source, "from,to", "no edge rows connect two nodes of the series")
     if (finite < 0).any():
-        raise InputError(source, "cost", f"{int((finite < 0).sum())} negative distances; the Gaussian kernel needs d >= 0")
+        raise InputError(
+            source, "cost", f"{int((finite < 0).sum())} negative distances; the Gaussian kernel needs d >= 0"
+        )
     sigma = finite.std()
     if sigma == 0:
         raise InputError(
-            source, "cost",
+            source,
+            "cost",
             f"all {finite.size} distances equal {finite[0]:g} (std 0), so the Gaussian kernel is undefined; "
             "use graph.weighting: binary or cost",
         )
@@ -163,10 +179,35 @@ def align_by_id(source: str | Path, adj: np.ndarray, graph_ids: list[str], serie
 def _check_size(source: str | Path, n_graph: int, n_series: int, what: str) -> None:
     if n_graph != n_series:
         raise InputError(
-            source, "node count",
+            source,
+            "node count",
             f"{what} has {n_graph} nodes but the series has {n_series}; without node ids the graph is "
             "matched by position, so the sizes must be equal",
         )
+
+
+def _index_coverage_problem(edges: EdgeList, n: int) -> str | None:
+    """Why an edge list whose endpoints are all indices in [0, n) does not cover n nodes, or None."""
+    frame = edges.frame
+    i = frame["from"].map(int).to_numpy(dtype=np.int64)
+    j = frame["to"].map(int).to_numpy(dtype=np.int64)
+    span = int(max(i.max(), j.max())) + 1
+    linked = np.zeros(n, dtype=bool)
+    other = i != j
+    linked[i[other]] = True
+    linked[j[other]] = True
+    unlinked = int(n - linked.sum())
+    if span != n:
+        return (
+            f"span 0..{span - 1} ({span} nodes) but the series has N = {n} nodes, so {unlinked} of "
+            f"the {n} series nodes would be left without an edge"
+        )
+    if unlinked > MAX_UNLINKED_SHARE * n:
+        return (
+            f"span 0..{n - 1} (N = {n}) but {unlinked} of the {n} series nodes ({unlinked / n:.1%}) have "
+            f"no edge to or from another node, more than the {MAX_UNLINKED_SHARE:.0%} tolerated"
+        )
+    return None
 
 
 def resolve_edge_ids(edges: EdgeList, series_ids: list[str], mode: str) -> str:
@@ -184,9 +225,19 @@ def resolve_edge_ids(edges: EdgeList, series_ids: list[str], mode: str) -> str:
     series_set = set(series_ids)
     matching = [t for t in tokens if t in series_set]
     if not matching:
-        return "index"
+        problem = _index_coverage_problem(edges, n)
+        if problem is None:
+            return "index"
+        raise InputError(
+            edges.source,
+            "from,to",
+            f"graph.edge_ids auto: 0 of the edge list's {len(tokens)} ids match a series node id "
+            f"(edge list e.g. {tokens[:_SHOW]}, series e.g. {series_ids[:_SHOW]}), and read as 0-based "
+            f"node indices they {problem}; is dataset.graph the graph of dataset.series?",
+        )
     raise InputError(
-        edges.source, "graph.edge_ids",
+        edges.source,
+        "graph.edge_ids",
         f"ambiguous: every from/to is an integer in [0, {n}) (so could be node indices) and "
         f"{len(matching)} of them are also series ids (e.g. {matching[:_SHOW]}); set graph.edge_ids "
         "to index or id in params.yaml",
@@ -202,18 +253,42 @@ def _edge_list_to_series(edges: EdgeList, series_ids: list[str], params: GraphPa
             bad = [t for t in frame[col] if as_index(t, n) is None]
             if bad:
                 raise InputError(
-                    edges.source, col,
+                    edges.source,
+                    col,
                     f"{len(bad)} values are not 0-based node indices in [0, {n}) (e.g. {bad[:_SHOW]}); "
                     f"the series has {n} nodes",
                 )
+        problem = _index_coverage_problem(edges, n)
+        if problem is not None:
+            raise InputError(
+                edges.source,
+                "from,to",
+                f"the edge list's from/to, read as 0-based node indices, {problem}; "
+                "is dataset.graph the graph of dataset.series?",
+            )
         positional = [str(i) for i in range(n)]
         return edge_list_adjacency(frame, positional, params.weighting, params.normalized_k, edges.source)
     tokens = edges.endpoint_tokens()
     token_set = set(tokens)
+    series_set = set(series_ids)
+    matched = sum(1 for t in tokens if t in series_set)
+    if matched == 0:
+        raise InputError(
+            edges.source,
+            "from,to",
+            f"0 of the edge list's {len(tokens)} ids match a series node id (edge list e.g. {tokens[:_SHOW]}, "
+            f"series e.g. {series_ids[:_SHOW]}), so all {len(series_ids)} series nodes would be left without "
+            "an edge; is dataset.graph the graph of dataset.series?",
+        )
     missing = [s for s in series_ids if s not in token_set]
     if missing:
-        series_set = set(series_ids)
-        raise _id_mismatch(edges.source, missing, [t for t in tokens if t not in series_set])
+        err = _id_mismatch(edges.source, missing, [t for t in tokens if t not in series_set])
+        raise InputError(
+            err.source,
+            err.field,
+            f"{err.problem} ({matched} of the edge list's {len(tokens)} ids match a series node id; "
+            f"{len(missing)} of the {len(series_ids)} series nodes would be left without an edge)",
+        )
     return edge_list_adjacency(frame, series_ids, params.weighting, params.normalized_k, edges.source)
 
 
@@ -233,7 +308,9 @@ def build_adjacency(
     check_unique_ids("series", "node ids", series_ids)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        raise InputError(path, None, f"unsupported graph file type {suffix or '(none)'!r}; use one of {list(SUPPORTED_SUFFIXES)}")
+        raise InputError(
+            path, None, f"unsupported graph file type {suffix or '(none)'!r}; use one of {list(SUPPORTED_SUFFIXES)}"
+        )
     if not path.is_file():
         raise InputError(path, None, "graph file not found")
     n = len(series_ids)

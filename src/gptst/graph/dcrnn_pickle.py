@@ -49,7 +49,8 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     for package in ("numpy.core", "numpy._core"):
         table[(f"{package}.multiarray", "_reconstruct")] = _multiarray._reconstruct
         table[(f"{package}.multiarray", "scalar")] = _multiarray.scalar
-        table[(f"{package}.numeric", "_frombuffer")] = _numeric._frombuffer
+        # numpy's stubs omit this private helper; it exists at runtime (pickles of arrays name it).
+        table[(f"{package}.numeric", "_frombuffer")] = _numeric._frombuffer  # type: ignore[attr-defined]
     return table
 
 
@@ -100,8 +101,10 @@ def read_dcrnn_pickle(path: str | Path) -> tuple[list[str], np.ndarray]:
         obj = restricted_load(data)
     except DisallowedGlobal as err:
         raise InputError(
-            path, "pickle globals", f"refused to load: the pickle references {err.qualname}, which is not "
-            "numpy array or container data (only numpy arrays, dtypes, scalars and containers are allowed)"
+            path,
+            "pickle globals",
+            f"refused to load: the pickle references {err.qualname}, which is not "
+            "numpy array or container data (only numpy arrays, dtypes, scalars and containers are allowed)",
         ) from None
     except Exception as err:  # any failure inside pickle is "not a readable pickle"
         raise InputError(path, None, f"not a readable pickle ({type(err).__name__}: {err})") from None
@@ -126,16 +129,20 @@ def _validate_structure(path: Path, obj: Any) -> tuple[list[str], np.ndarray]:
     matrix = check_square_matrix(path, "adj_mx", matrix)
     n = len(ids)
     if matrix.shape[0] != n:
-        raise InputError(path, "adj_mx", f"matrix is {matrix.shape[0]} x {matrix.shape[1]} but there are {n} sensor_ids")
+        raise InputError(
+            path, "adj_mx", f"matrix is {matrix.shape[0]} x {matrix.shape[1]} but there are {n} sensor_ids"
+        )
     check_unique_ids(path, "sensor_ids", ids)
     index = {canonical_id(k): v for k, v in id_to_ind.items()}
     wrong = [(i, s, index.get(s)) for i, s in enumerate(ids) if index.get(s) != i]
     if wrong or len(index) != n:
         detail = ", ".join(f"{s!r} -> {got} (position {i})" for i, s, got in wrong[:3])
         raise InputError(
-            path, "sensor_id_to_ind",
+            path,
+            "sensor_id_to_ind",
             f"does not map each sensor id to its position in sensor_ids ({len(index)} entries for {n} ids"
-            + (f"; e.g. {detail}" if detail else "") + ")",
+            + (f"; e.g. {detail}" if detail else "")
+            + ")",
         )
     return ids, matrix
 

@@ -101,7 +101,8 @@ def read_npz(path: str | Path, key: str | None = None) -> np.ndarray:
                     key = next((k for k in NPZ_DEFAULT_KEYS if k in keys), None)
                     if key is None:
                         raise InputError(
-                            path, "graph.npz_key",
+                            path,
+                            "graph.npz_key",
                             f"no key given and the archive has {len(keys)} arrays and none named "
                             f"{' or '.join(NPZ_DEFAULT_KEYS)}; available keys: {keys}",
                         )
@@ -136,7 +137,8 @@ def read_csv_graph(path: str | Path) -> np.ndarray | EdgeList:
         return _dense_from_table(path, body)
     if body.shape[1] != 3:
         raise InputError(
-            path, "columns",
+            path,
+            "columns",
             f"expected an edge list with 3 columns from,to,cost or a square numeric matrix without header; "
             f"got {body.shape[0]} data rows x {body.shape[1]} columns",
         )
@@ -167,12 +169,15 @@ def _edges_from_table(path: Path, body: pd.DataFrame, first_line: int) -> EdgeLi
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise InputError(
-            path, f"line {i + first_line}, column cost",
+            path,
+            f"line {i + first_line}, column cost",
             f"cost {body['cost'].iat[i]!r} is not a finite number ({int(bad.sum())} such rows)",
         )
-    frame = pd.DataFrame({
-        "from": [canonical_token(x) for x in body["from"]],
-        "to": [canonical_token(x) for x in body["to"]],
-        "cost": cost,
-    })
+    frame = pd.DataFrame(
+        {
+            "from": [canonical_token(x) for x in body["from"]],
+            "to": [canonical_token(x) for x in body["to"]],
+            "cost": cost,
+        }
+    )
     return EdgeList(frame=frame, source=path)

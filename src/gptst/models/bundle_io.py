@@ -12,10 +12,8 @@ sorted), making the bytes independent of object identity and dict order.
 from __future__ import annotations
 
 import json
-import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,6 @@ import torch
 from gptst.errors import InputError
 from gptst.io import atomic_path
 
-MODELS_SCHEME = "models:/"
 
 
 def write_bundle(
@@ -51,21 +48,6 @@ def _cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # Own compact CPU storages: a view would drag its whole base storage along, and a CUDA
     # tensor would need CUDA (or map_location) to load.
     return {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
-
-
-@contextmanager
-def local_copy(uri_or_path: str | Path, prefix: str) -> Iterator[tuple[Path, str]]:
-    """A local path for a file or a ``models:/...`` URI (downloaded from the registry), with the
-    name to use in messages."""
-    text = str(uri_or_path)
-    if text.startswith(MODELS_SCHEME):
-        from gptst.tracking.registry import download_version
-
-        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-            path = download_version(text, tmp)
-            yield path, f"{text} ({path.name})"
-    else:
-        yield Path(uri_or_path), text
 
 
 def read_bundle(path: Path, where: str, fmt: str, keys: tuple[str, ...]) -> dict[str, Any]:

@@ -13,17 +13,14 @@ Its output can also be handed in (``h_pre``) from the encode stage's cache.
 
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from gptst.data.calendar import N_FEATURES
-from gptst.models.gptst import GPTST
+from gptst.models.gptst.model import GPTST
+from gptst.layout import ENCODER_VARIANTS, VARIANTS, Variant
 
-Variant = Literal["plain", "calendar", "gptst", "gptst_random"]
-VARIANTS: tuple[Variant, ...] = ("plain", "calendar", "gptst", "gptst_random")
-ENCODER_VARIANTS = ("gptst", "gptst_random")
 
 
 def input_dim(variant: str, channels: int, hidden: int) -> int:
@@ -89,6 +86,7 @@ class Forecaster(nn.Module):
             inputs = torch.cat([x, cal[:, :, None, :].expand(*x.shape[:3], cal.shape[-1])], dim=-1)
         else:
             h = self.encode(x, cal) if h_pre is None else h_pre.to(x.dtype)
+            assert self.fusion is not None  # an encoder variant: built with its encoder, hence a fusion
             inputs = self.fusion(x, h)
         return self.baseline(inputs)
 

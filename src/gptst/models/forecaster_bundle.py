@@ -26,11 +26,10 @@ from gptst.data.calendar import FEATURE_NAMES
 from gptst.data.calendar import steps_per_day as freq_steps_per_day
 from gptst.data.scaler import StandardScaler
 from gptst.errors import InputError
-from gptst.graph import GraphBundle
-from gptst.models.baselines import baseline_spec, build_baseline, registered_baselines
+from gptst.graph.bundle import GraphBundle
+from gptst.models.baselines.registry import baseline_spec, build_baseline, registered_baselines
 from gptst.models.bundle_io import (
     field,
-    local_copy,
     meta_value,
     parse,
     read_bundle,
@@ -38,8 +37,10 @@ from gptst.models.bundle_io import (
     str_list,
     write_bundle,
 )
-from gptst.models.forecaster import VARIANTS, Forecaster, input_dim
-from gptst.models.gptst import GptstConfig, build_model
+from gptst.layout import VARIANTS
+from gptst.models.forecaster import Forecaster, input_dim
+from gptst.models.gptst.config import GptstConfig
+from gptst.models.gptst.model import build_model
 
 FORMAT = "gptst-forecaster/1"
 KEYS = (
@@ -107,14 +108,16 @@ def save_forecaster_bundle(
     return write_bundle(path, FORMAT, forecaster.state_dict(), plain, tensors=tensors)
 
 
-def load_forecaster(uri_or_path: str | Path, map_location: str | torch.device = "cpu") -> ForecasterBundle:
-    """Load a forecaster bundle from a file or a ``models:/<baseline>-<dataset>/<version>`` URI.
+def load_forecaster(
+    path: str | Path, map_location: str | torch.device = "cpu", *, where: str | None = None, source: str | None = None
+) -> ForecasterBundle:
+    """Load a forecaster bundle file (``where``: its name in messages; ``source``: where it came
+    from, e.g. a registry URI). ``models:/...`` URIs: :func:`gptst.tracking.registry.load_model`.
 
     A file that is not such a bundle (or would need arbitrary unpickling) is an
     :class:`InputError` naming the file and the field.
     """
-    with local_copy(uri_or_path, "gptst-forecaster-") as (path, where):
-        return _load_file(path, where, str(uri_or_path), map_location)
+    return _load_file(Path(path), where or str(path), source or str(path), map_location)
 
 
 def _load_file(path: Path, where: str, source: str, map_location: str | torch.device) -> ForecasterBundle:
@@ -126,7 +129,7 @@ def _load_file(path: Path, where: str, source: str, map_location: str | torch.de
     if variant not in VARIANTS:
         raise InputError(where, "variant", f"{variant!r} is not one of {list(VARIANTS)}")
     spec = baseline_spec(baseline)
-    params = parse(where, "baseline_params", spec.params_cls.model_validate, field(payload, "baseline_params", dict, where))
+    params = parse(where, "baseline_params", spec.config_cls.model_validate, field(payload, "baseline_params", dict, where))
     scaler = parse(where, "scaler", StandardScaler.from_dict, field(payload, "scaler", dict, where))
     node_ids = str_list(payload, "node_ids", where)
     channels = str_list(payload, "channels", where)

@@ -25,12 +25,13 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from gptst.errors import InputError
 from gptst.io import write_json
+from gptst.layout import VARIANTS, encoder_model_name, model_name
 from gptst.tracking import stage_run
-from gptst.tracking.registry import client, get_alias_version, set_alias, versions
+from gptst.tracking.registry import client, find_version, get_alias_version, md5_file, set_alias, versions
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -46,16 +47,6 @@ ALREADY_CHAMPION = "already champion"
 NO_CHAMPION = "no champion yet"
 
 ScoreFn = Callable[[str], float]
-
-
-def model_name(baseline: str, dataset: str) -> str:
-    """The registered model of one baseline on one dataset."""
-    return f"{baseline}-{dataset}"
-
-
-def encoder_name(dataset: str) -> str:
-    """The registered GPT-ST encoder of one dataset."""
-    return f"gptst-encoder-{dataset}"
 
 
 def model_uri(name: str, version: str | int) -> str:
@@ -110,6 +101,17 @@ class PromotionDecision:
         return _json_safe({**asdict(self), "summary": self.summary})
 
 
+class _DecisionCommon(TypedDict):
+    """The :class:`PromotionDecision` fields shared by every outcome of one :func:`promote` call."""
+
+    model_name: str
+    baseline: str
+    dataset: str
+    candidate_scores: dict[str, float]
+    candidate_variants: dict[str, str]
+    min_rel_gain: float
+
+
 def promote(
     baseline: str,
     dataset: str,
@@ -129,20 +131,10 @@ def promote(
     if not math.isfinite(min_rel_gain) or min_rel_gain < 0:
         raise ValueError(f"min_rel_gain must be a finite number >= 0, got {min_rel_gain!r}")
     name = model_name(baseline, dataset)
-    wanted = _version_numbers(candidates)
-    registered = {str(v.version): v for v in versions(name)}
-    missing = [v for v in wanted if v not in registered]
-    if missing:
-        have = sorted(registered, key=int) or "none"
-        raise InputError(
-            model_uri(name, missing[0]),
-            "version",
-            f"registered model {name!r} has no such version (it has: {have})",
-        )
-
+    wanted, registered = _registered_candidates(name, candidates)
     scores = {v: float(score_fn(model_uri(name, v))) for v in wanted}
     variants = {v: registered[v].tags.get(VARIANT_TAG, "") for v in wanted}
-    common = {
+    common: _DecisionCommon = {
         "model_name": name,
         "baseline": baseline,
         "dataset": dataset,
@@ -151,7 +143,6 @@ def promote(
         "min_rel_gain": float(min_rel_gain),
     }
     champion = get_alias_version(name, alias)
-
     finite = [v for v in wanted if math.isfinite(scores[v])]
     if not finite:
         return PromotionDecision(
@@ -168,57 +159,59 @@ def promote(
         )
     # `wanted` is sorted by version number and min() keeps the first of equals: ties go to the oldest.
     best = min(finite, key=lambda v: scores[v])
-    best_score = scores[best]
-    chosen = {
-        "candidate_version": best,
-        "candidate_variant": variants[best],
-        "candidate_score": best_score,
-    }
-
-    champion_score: float | None = None
-    rel_gain: float | None = None
-    if champion is None:
-        promoted, reason = True, NO_CHAMPION
-    elif champion == best:
-        promoted, reason, champion_score = False, ALREADY_CHAMPION, best_score
-    else:
-        champion_score, unscorable = _champion_score(name, champion, scores, score_fn)
-        if unscorable is not None:
-            promoted, reason = (
-                True,
-                f"champion version {champion} cannot be scored on the current data: {unscorable}",
-            )
-        elif not math.isfinite(champion_score):
-            promoted, reason = (
-                True,
-                f"champion version {champion} has a non-finite score ({champion_score})",
-            )
-        else:
-            gain = champion_score - best_score
-            rel_gain = gain / champion_score if champion_score != 0 else None
-            promoted = best_score < champion_score and gain >= min_rel_gain * champion_score
-            reason = _comparison_reason(best_score, champion_score, rel_gain, min_rel_gain, promoted)
-
+    verdict = _judge(name, champion, best, scores, score_fn, min_rel_gain)
     decision_warnings: list[str] = []
     encoder_change = None
-    if promoted:
+    if verdict.promoted:
         set_alias(name, alias, best)
         if variants[best] == "gptst":
             encoder_change = _follow_encoder(dataset, registered[best], alias, decision_warnings)
     decision = PromotionDecision(
-        **chosen,
+        candidate_version=best,
+        candidate_variant=variants[best],
+        candidate_score=scores[best],
         champion_before=champion,
-        champion_score=champion_score,
-        promoted=promoted,
-        champion_after=best if promoted else champion,
-        rel_gain=rel_gain,
-        reason=reason,
+        champion_score=verdict.champion_score,
+        promoted=verdict.promoted,
+        champion_after=best if verdict.promoted else champion,
+        rel_gain=verdict.rel_gain,
+        reason=verdict.reason,
         encoder_alias=encoder_change,
         warnings=decision_warnings,
         **common,
     )
     _tag_candidate(registered[best], decision)
     return decision
+
+
+@dataclass(frozen=True)
+class PromotionReport:
+    """The promotion of every listed baseline of one dataset: decisions, and why some were skipped."""
+
+    decisions: list[PromotionDecision]
+    skipped: dict[str, str]
+
+
+def promote_dataset(params: Params, models: Path, score_fn: ScoreFn) -> PromotionReport:
+    """Promote each of ``params.finetune.baselines`` among its registered versions that match the
+    current bundles in ``models/<baseline>/<variant>/model.pt`` (by DVC md5)."""
+    dataset = params.dataset.name
+    decisions, skipped = [], {}
+    for baseline in params.finetune.baselines:
+        name = model_name(baseline, dataset)
+        candidates = []
+        for variant in VARIANTS:
+            path = models / baseline / variant / "model.pt"
+            if not path.is_file():
+                raise InputError(path, "file", "missing: run the finetune stages first")
+            version = find_version(name, md5_file(path)) if params.tracking.register_models else None
+            if version is not None:
+                candidates.append(version)
+        if not candidates:
+            skipped[baseline] = f"no registered version of {name} matches the current models"
+            continue
+        decisions.append(promote(baseline, dataset, candidates, score_fn, min_rel_gain=params.promotion.min_rel_gain))
+    return PromotionReport(decisions, skipped)
 
 
 def log_decisions(
@@ -297,6 +290,50 @@ def _version_numbers(candidates: Sequence[str | int]) -> list[str]:
     return [str(n) for n in sorted(numbers)]
 
 
+def _registered_candidates(name: str, candidates: Sequence[str | int]) -> tuple[list[str], dict[str, ModelVersion]]:
+    """The candidates' version numbers (sorted) and the model's registered versions; an unknown
+    candidate is an :class:`InputError`."""
+    wanted = _version_numbers(candidates)
+    registered = {str(v.version): v for v in versions(name)}
+    missing = [v for v in wanted if v not in registered]
+    if missing:
+        have = sorted(registered, key=int) or "none"
+        raise InputError(
+            model_uri(name, missing[0]), "version", f"registered model {name!r} has no such version (it has: {have})"
+        )
+    return wanted, registered
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    promoted: bool
+    reason: str
+    champion_score: float | None = None
+    rel_gain: float | None = None
+
+
+def _judge(
+    name: str, champion: str | None, best: str, scores: dict[str, float], score_fn: ScoreFn, min_rel_gain: float
+) -> _Verdict:
+    """Rules 2-4 of the module docstring for the best candidate against the current champion."""
+    if champion is None:
+        return _Verdict(True, NO_CHAMPION)
+    if champion == best:
+        return _Verdict(False, ALREADY_CHAMPION, scores[best])
+    champion_score, unscorable = _champion_score(name, champion, scores, score_fn)
+    if unscorable is not None:
+        return _Verdict(True, f"champion version {champion} cannot be scored on the current data: {unscorable}")
+    assert champion_score is not None
+    if not math.isfinite(champion_score):
+        return _Verdict(True, f"champion version {champion} has a non-finite score ({champion_score})", champion_score)
+    best_score = scores[best]
+    gain = champion_score - best_score
+    rel_gain = gain / champion_score if champion_score != 0 else None
+    promoted = best_score < champion_score and gain >= min_rel_gain * champion_score
+    reason = _comparison_reason(best_score, champion_score, rel_gain, min_rel_gain, promoted)
+    return _Verdict(promoted, reason, champion_score, rel_gain)
+
+
 def _champion_score(
     name: str, champion: str, scores: dict[str, float], score_fn: ScoreFn
 ) -> tuple[float | None, InputError | None]:
@@ -330,7 +367,7 @@ def _comparison_reason(
 
 def _follow_encoder(dataset: str, promoted: ModelVersion, alias: str, warnings: list[str]) -> EncoderAliasChange:
     """Point the encoder's alias at the promoted version's encoder, if that version exists."""
-    name = encoder_name(dataset)
+    name = encoder_model_name(dataset)
     before = get_alias_version(name, alias)
     tag = str(promoted.tags.get(ENCODER_VERSION_TAG, "")).strip()
     target = str(int(tag)) if tag.isdigit() else None
@@ -351,6 +388,8 @@ def _tag_candidate(version: ModelVersion, decision: PromotionDecision) -> None:
     Re-confirming the champion on unchanged data writes nothing, so a rerun leaves the registry as it
     was; re-scored on other windows, the champion's tags get the new score.
     """
+    # Only called with the best candidate's decision, which always carries its score.
+    assert decision.candidate_score is not None
     score = repr(float(decision.candidate_score))
     stored = version.tags or {}
     if decision.reason == ALREADY_CHAMPION and stored.get(SCORE_TAG) == score:

@@ -9,14 +9,15 @@ whose output is unchanged must never add a version.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gptst.errors import InputError
 from gptst.tracking import tracking_uri
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
+T = TypeVar("T")
 DVC_MD5_TAG = "dvc_md5"
 MODELS_SCHEME = "models:/"
 _MD5 = re.compile(r"[0-9a-f]{32}")
@@ -129,13 +131,36 @@ def register_stage_output(
     saying what happened (nothing when ``tracking.register_models`` is false)."""
     if not params.tracking.register_models:
         return "not registered (tracking.register_models is false)"
-    lineage = {"dataset": params.dataset.name, "preset": params.preset or "", "params_hash": params.digest(),
-               "git_commit": run.data.tags.get("git_commit", "")}
+    lineage = {
+        "dataset": params.dataset.name,
+        "preset": params.preset or "",
+        "params_hash": params.digest(),
+        "git_commit": run.data.tags.get("git_commit", ""),
+    }
     version = register_version(
         name, f"{artifact_dir}/{path.name}", run_id=run.info.run_id, dvc_md5=md5_file(path), tags={**lineage, **tags}
     )
     state = "registered as" if version.created else "already registered as"
     return f"{state} {version.name} version {version.version}"
+
+
+@contextlib.contextmanager
+def local_copy(uri_or_path: str | Path, prefix: str = "gptst-model-") -> Iterator[tuple[Path, str]]:
+    """A local path for a file or a ``models:/...`` URI (downloaded from the registry into a
+    temporary folder that goes when the block ends), with the name to use in messages."""
+    text = str(uri_or_path)
+    if not text.startswith(MODELS_SCHEME):
+        yield Path(uri_or_path), text
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        path = download_version(text, tmp)
+        yield path, f"{text} ({path.name})"
+
+
+def load_model(load: Callable[..., T], uri_or_path: str | Path, map_location: Any = "cpu") -> T:
+    """``load`` (``load_forecaster`` or ``load_encoder``) applied to a file or a ``models:/`` URI."""
+    with local_copy(uri_or_path) as (path, where):
+        return load(path, map_location, where=where, source=str(uri_or_path))
 
 
 def resolve_model_uri(uri: str) -> tuple[str, str]:
@@ -158,6 +183,7 @@ def resolve_model_uri(uri: str) -> tuple[str, str]:
         if version is None:
             raise InputError(text, "alias", f"registered model {name!r} has no alias {alias!r}")
         return name, version
+    assert by_version is not None  # one of the two matched (checked above), and not the alias form
     name, version = by_version["name"], by_version["version"]
     if version == "latest":
         # Our own max: MLflow's "latest" goes through get_latest_versions (per deprecated stage).

@@ -1,29 +1,5 @@
-"""Training utilities shared by pre-training and fine-tuning: losses and metrics."""
+"""Training: the trainer (checkpoints, resume, early stopping, DDP), pre-training and fine-tuning.
 
-from gptst.training.metrics import (
-    METRIC_NAMES,
-    HorizonMetricAccumulator,
-    horizon_metrics,
-    masked_huber,
-    masked_mae,
-    masked_mape,
-    masked_mse,
-    masked_rmse,
-    mlflow_metric_keys,
-    valid_mask,
-    write_metrics_json,
-)
-
-__all__ = [
-    "METRIC_NAMES",
-    "HorizonMetricAccumulator",
-    "horizon_metrics",
-    "masked_huber",
-    "masked_mae",
-    "masked_mape",
-    "masked_mse",
-    "masked_rmse",
-    "mlflow_metric_keys",
-    "valid_mask",
-    "write_metrics_json",
-]
+Importing the package imports none of its modules: import each from its own module, so a
+stage's import closure (its DVC deps) holds only what it uses.
+"""

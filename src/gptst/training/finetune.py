@@ -9,9 +9,10 @@ stage when there is a cache, and runs per batch under ``no_grad`` otherwise.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -21,15 +22,16 @@ from gptst.data.scaler import StandardScaler, fit_train_scaler
 from gptst.data.series import SeriesData
 from gptst.data.windows import Splits, WindowIndex, make_splits
 from gptst.errors import InputError
-from gptst.graph import GraphBundle
-from gptst.models.baselines import build_baseline
+from gptst.graph.bundle import GraphBundle
+from gptst.metrics import HorizonMetricAccumulator, masked_huber, masked_mae
+from gptst.models.baselines.registry import build_baseline
 from gptst.models.encoded import EncodedCache
 from gptst.models.forecaster import ENCODER_VARIANTS, Forecaster, input_dim
 from gptst.models.forecaster_bundle import ForecasterBundle
-from gptst.models.gptst import GPTST, build_model
 from gptst.models.gptst.bundle import EncoderBundle, check_compatible
+from gptst.models.gptst.model import GPTST, build_model
 from gptst.params import Params
-from gptst.training.metrics import HorizonMetricAccumulator, masked_huber, masked_mae
+from gptst.training.baseline_config import baseline_config
 from gptst.training.trainer import (
     Distributed,
     FitResult,
@@ -113,7 +115,7 @@ def build_forecaster(
         in_steps=params.windows.t_in,
         out_steps=params.windows.t_out,
         graph=data.graph,
-        params=getattr(params.baselines, baseline),
+        params=baseline_config(params, baseline),
     )
     return Forecaster(model, variant, encoder=encoder, channels=channels)
 
@@ -129,12 +131,21 @@ def variant_encoder(
         raise ValueError(f"variant {variant!r} needs the pre-trained encoder bundle")
     series = data.series
     check_compatible(
-        bundle, t_in=params.windows.t_in, num_nodes=len(series.node_ids), channels=series.channels,
-        node_ids=series.node_ids, source=source,
+        bundle,
+        t_in=params.windows.t_in,
+        num_nodes=len(series.node_ids),
+        channels=series.channels,
+        node_ids=series.node_ids,
+        source=source,
     )
-    if not (np.allclose(bundle.scaler.mean, data.scaler.mean, rtol=1e-4) and np.allclose(bundle.scaler.std, data.scaler.std, rtol=1e-4)):
+    if not (
+        np.allclose(bundle.scaler.mean, data.scaler.mean, rtol=1e-4)
+        and np.allclose(bundle.scaler.std, data.scaler.std, rtol=1e-4)
+    ):
         raise InputError(
-            source, "encoder.scaler", f"the encoder {bundle.source} was pre-trained on data normalised with mean "
+            source,
+            "encoder.scaler",
+            f"the encoder {bundle.source} was pre-trained on data normalised with mean "
             f"{bundle.scaler.mean} / std {bundle.scaler.std}, these training windows give {data.scaler.mean} / "
             f"{data.scaler.std}: re-run pretrain on this data",
         )
@@ -180,9 +191,11 @@ def predict_windows(
     return accumulator.result(), preds
 
 
-def downstream_loss(params: Params, baseline: str) -> Callable[[torch.Tensor, torch.Tensor, float | None], torch.Tensor]:
+def downstream_loss(
+    params: Params, baseline: str
+) -> Callable[[torch.Tensor, torch.Tensor, float | None], torch.Tensor]:
     """The baseline's training loss on raw values: masked MAE, or Huber for the Huber baselines."""
-    section = getattr(params.baselines, baseline)
+    section = baseline_config(params, baseline)
     if section.loss == "huber":
         return lambda pred, true, null: masked_huber(pred, true, null, section.huber_delta)
     return masked_mae
@@ -199,10 +212,10 @@ def finetune(
     state_dir: str | Path,
     device: str = "cpu",
     log_fn: Callable[[int, dict[str, float]], None] | None = None,
-    fingerprint: str = "",
+    identity: Mapping[str, str] | None = None,
 ) -> FinetuneResult:
     """Train ``baseline`` in ``variant`` on the training windows and score it; resumes from
-    ``state_dir`` when its checkpoint has the same ``fingerprint``."""
+    ``state_dir`` when its checkpoint has the same ``identity`` (:mod:`gptst.training.identity`)."""
     common = params.finetune.common
     encoder = variant_encoder(params, data, variant, encoder_bundle)
     if encoder is not None:
@@ -219,9 +232,10 @@ def finetune(
             yield data.batcher.gather(starts).to(device)
 
     def step(module: torch.nn.Module, batch: Batch, epoch: int) -> StepResult:
-        return StepResult(loss_fn(forecast(module, data, batch, cache), batch.y, data.null_value))
+        # ``module`` is the forecaster, or its DDP wrapper, which forwards the same calls.
+        return StepResult(loss_fn(forecast(cast(Forecaster, module), data, batch, cache), batch.y, data.null_value))
 
-    def val_fn(module: torch.nn.Module, epoch: int) -> float:
+    def val_fn(module: Forecaster, epoch: int) -> float:
         table, _ = predict_windows(module, data, splits.val, common.batch_size, cache=cache)
         return table["avg"]["mae"]
 
@@ -243,7 +257,7 @@ def finetune(
         checkpoint_dir=state_dir,
         device=device,
         val_fn=val_fn,
-        fingerprint=fingerprint,
+        identity=identity,
         dist=Distributed(),
         log_fn=log_fn,
     )
@@ -265,7 +279,9 @@ def bundle_data(
     if bundle.node_ids != list(series.node_ids):
         problems.append(f"{len(bundle.node_ids)} nodes (model) vs {len(series.node_ids)} (data) or another order")
     if (bundle.t_in, bundle.t_out) != (params.windows.t_in, params.windows.t_out):
-        problems.append(f"windows {bundle.t_in}->{bundle.t_out} (model) vs {params.windows.t_in}->{params.windows.t_out}")
+        problems.append(
+            f"windows {bundle.t_in}->{bundle.t_out} (model) vs {params.windows.t_in}->{params.windows.t_out}"
+        )
     if bundle.channels != list(series.channels):
         problems.append(f"channels {bundle.channels} (model) vs {list(series.channels)}")
     if problems:

@@ -20,5 +20,5 @@ def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float | None)
             raise ValueError(f"max_norm must be positive or None, got {max_norm}")
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
     # The norm clip_grad_norm_ would report (2-norm of per-tensor 2-norms), gradients untouched.
-    norms = [torch.linalg.vector_norm(p.grad.detach(), 2.0) for p in params]
+    norms = [torch.linalg.vector_norm(p.grad.detach(), 2.0) for p in params if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]), 2.0)

@@ -8,7 +8,7 @@ every epoch); test windows are never touched.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,14 +16,17 @@ import numpy as np
 import torch
 
 from gptst.data.batch import WindowBatcher
+from gptst.data.calendar import steps_per_day
 from gptst.data.scaler import StandardScaler, fit_train_scaler
 from gptst.data.series import SeriesData
 from gptst.data.windows import Splits, WindowIndex, make_splits
-from gptst.models.gptst import GPTST, GptstConfig, build_model
+from gptst.metrics import valid_mask
+from gptst.models.gptst.bundle import save_encoder_bundle
+from gptst.models.gptst.config import GptstConfig
 from gptst.models.gptst.masker import AdaptiveMasker
+from gptst.models.gptst.model import GPTST, build_model
 from gptst.models.gptst.objective import PretrainObjective
-from gptst.params import Params
-from gptst.training.metrics import valid_mask
+from gptst.params import GptstModelParams, Params, PretrainParams
 from gptst.training.trainer import Distributed, FitResult, ParamGroup, StepResult, Trainer, TrainerConfig, epoch_batches
 
 
@@ -40,10 +43,93 @@ class PretrainResult:
     change_epoch: int
     windows_read: dict[str, set[int]] = field(default_factory=dict)
 
+    def metrics(self, params: Params) -> dict[str, object]:
+        """The stage's metrics.json: the run's numbers and what they were computed on."""
+        return {
+            "dataset": params.dataset.name,
+            "preset": params.preset,
+            "seed": params.seed,
+            "best_epoch": self.fit.best_epoch,
+            "epochs_run": self.fit.epochs_run,
+            "stopped_early": self.fit.stopped_early,
+            "change_epoch": self.change_epoch,
+            "val_mae": self.val_mae,
+            "val_mae_mixed_mask": self.val_mae_mixed_mask,
+            "train_windows": len(self.splits.train),
+            "val_windows": len(self.splits.val),
+            "params": sum(p.numel() for p in self.model.parameters()),
+        }
+
+    def save_encoder(self, path: Path, params: Params, series: SeriesData, *, dataset_sha256: str) -> Path:
+        """The self-contained encoder bundle of the best weights (:mod:`gptst.models.gptst.bundle`)."""
+        day_steps = steps_per_day(series.freq)  # a ValueError for a series without a fixed frequency
+        assert series.freq is not None  # steps_per_day(None) has raised
+        return save_encoder_bundle(
+            path,
+            self.model,
+            scaler=self.scaler,
+            node_ids=series.node_ids,
+            channels=series.channels,
+            freq=series.freq,
+            steps_per_day=day_steps,
+            dataset=params.dataset.name,
+            meta={
+                "params_hash": params.digest(),
+                "dataset_sha256": dataset_sha256,
+                "preset": params.preset or "",
+                "val_mae": self.val_mae,
+                "best_epoch": self.fit.best_epoch,
+            },
+        )
+
 
 def zero_value(scaler: StandardScaler) -> tuple[float, ...]:
     """The normalised value of a raw 0 per channel: the reference's mask token."""
     return tuple(float(v) for v in scaler.transform(np.zeros((1, scaler.n_channels), dtype=np.float32)).reshape(-1))
+
+
+def gptst_config(
+    model: GptstModelParams, *, num_nodes: int, t_in: int, channels: int, zero_value: Sequence[float]
+) -> GptstConfig:
+    """The model config of ``pretrain.model`` params for data of ``num_nodes`` x ``channels`` and ``t_in`` steps."""
+    return GptstConfig(
+        num_nodes=num_nodes,
+        t_in=t_in,
+        channels=channels,
+        zero_value=tuple(float(v) for v in zero_value),
+        **model.model_dump(),
+    )
+
+
+def pretrain_masker(pre: PretrainParams, seed: int, device: str | torch.device = "cpu") -> AdaptiveMasker:
+    """The masker a pre-training run with ``pre`` params and run seed ``seed`` uses."""
+    return AdaptiveMasker(
+        mask_ratio=pre.mask_ratio,
+        mode=pre.mask_mode,
+        strategy=pre.mask_strategy,
+        rho=pre.adaptive_rho,
+        change_epoch=pre.change_epoch,
+        total_epochs=pre.epochs,
+        seed=seed,
+        n_clusters=pre.model.clusters,
+        device=device,
+    )
+
+
+def pretrain_trainer_config(pre: PretrainParams) -> TrainerConfig:
+    """The trainer settings of ``pretrain`` params."""
+    return TrainerConfig(
+        epochs=pre.epochs,
+        lr=pre.lr,
+        lr_decay_epochs=pre.lr_decay_epochs,
+        lr_decay_rate=pre.lr_decay_rate,
+        weight_decay=pre.weight_decay,
+        patience=pre.patience,
+        # No early stop before E0 + 0.25 (E - E0): the curriculum always runs.
+        min_epochs=math.ceil(pre.change_epoch + 0.25 * (pre.epochs - pre.change_epoch)),
+        selection="val" if pre.selection == "val" else "train_loss",
+        amp=pre.amp,
+    )
 
 
 def reconstruction_mae(
@@ -72,12 +158,25 @@ def reconstruction_mae(
         labels = None
         if masker.strategy == "adaptive" and model.cfg.use_clusters:
             labels = model.predict_clusters(batch.x, batch.cal).argmax(dim=-1)
-        mask = masker(labels, epoch, shape=tuple(batch.x.shape[:3]), device=batch.x.device)
+        mask = masker(labels, epoch, shape=batch.x.shape[:3], device=batch.x.device)
         recon = scaler.inverse_transform(model(batch.x, batch.cal, mask).recon.float())
         cells = mask[..., None] & valid_mask(batch.x_raw, null_value)
         total += (recon - batch.x_raw).abs()[cells].sum().double().cpu()
         count += cells.sum().double().cpu()
     return float(total / count) if count > 0 else math.nan
+
+
+def build_pretrain_model(params: Params, series: SeriesData, scaler: StandardScaler) -> GPTST:
+    """The GPT-ST of ``pretrain.model`` for ``series``, initialised from ``params.seed``."""
+    cfg = gptst_config(
+        params.pretrain.model,
+        num_nodes=len(series.node_ids),
+        t_in=params.windows.t_in,
+        channels=len(series.channels),
+        zero_value=zero_value(scaler),
+    )
+    torch.manual_seed(params.seed)
+    return build_model(cfg)
 
 
 def pretrain(
@@ -88,7 +187,7 @@ def pretrain(
     device: str = "cpu",
     dist: Distributed | None = None,
     log_fn: Callable[[int, dict[str, float]], None] | None = None,
-    fingerprint: str = "",
+    identity: Mapping[str, str] | None = None,
 ) -> PretrainResult:
     """Pre-train GPT-ST on ``series`` as ``params`` say; resumes from ``state_dir`` if it can."""
     dist = dist or Distributed()
@@ -96,17 +195,9 @@ def pretrain(
     splits = make_splits(len(series.timestamps), params.dataset.split, windows)
     scaler = fit_train_scaler(series, splits.steps)
     batcher = WindowBatcher.from_series(series, scaler, windows.t_in, windows.t_out)
-    cfg = GptstConfig.from_params(
-        pre.model,
-        num_nodes=len(series.node_ids),
-        t_in=windows.t_in,
-        channels=len(series.channels),
-        zero_value=zero_value(scaler),
-    )
-    torch.manual_seed(params.seed)
-    model = build_model(cfg)
+    model = build_pretrain_model(params, series, scaler)
     # Each rank draws its own masks for its own local batch (budget and clusters per rank).
-    masker = AdaptiveMasker.from_params(pre, seed=params.seed + dist.rank, device=device)
+    masker = pretrain_masker(pre, seed=params.seed + dist.rank, device=device)
     objective = PretrainObjective(model, masker, scaler, series.null_value, pre.kl_weight, pre.change_epoch)
     read: dict[str, set[int]] = {"train": set(), "val": set()}
 
@@ -115,8 +206,16 @@ def pretrain(
 
     def val_fn(module: PretrainObjective, epoch: int) -> float:
         return reconstruction_mae(
-            module.model, batcher, splits.val, scaler, series.null_value, val_masker(), epoch,
-            pre.batch_size, device, read["val"],
+            module.model,
+            batcher,
+            splits.val,
+            scaler,
+            series.null_value,
+            val_masker(),
+            epoch,
+            pre.batch_size,
+            device,
+            read["val"],
         )
 
     def local_batches(epoch: int) -> list[np.ndarray]:
@@ -142,23 +241,12 @@ def pretrain(
             ParamGroup("autoencoder", model.autoencoder_parameters(), pre.grad_clip),
             ParamGroup("predictor", model.predictor_parameters(), pre.predictor_grad_clip),
         ],
-        TrainerConfig(
-            epochs=pre.epochs,
-            lr=pre.lr,
-            lr_decay_epochs=pre.lr_decay_epochs,
-            lr_decay_rate=pre.lr_decay_rate,
-            weight_decay=pre.weight_decay,
-            patience=pre.patience,
-            # No early stop before E0 + 0.25 (E - E0): the curriculum always runs.
-            min_epochs=math.ceil(pre.change_epoch + 0.25 * (pre.epochs - pre.change_epoch)),
-            selection="val" if pre.selection == "val" else "train_loss",
-            amp=pre.amp,
-        ),
+        pretrain_trainer_config(pre),
         checkpoint_dir=state_dir,
         device=device,
         val_fn=val_fn,
         stateful={"masker": masker},
-        fingerprint=fingerprint,
+        identity=identity,
         dist=dist,
         log_fn=log_fn,
     )
@@ -166,18 +254,17 @@ def pretrain(
     model.eval()
     with torch.no_grad():
         val_mae = val_fn(objective, pre.epochs)
-        final_mask = AdaptiveMasker.from_params(pre, seed=params.seed + 1, device=device)
+        # The same windows under the training schedule's last (mixed adaptive/random) mask.
         val_mixed = reconstruction_mae(
-            model, batcher, splits.val, scaler, series.null_value, final_mask, pre.epochs,
-            pre.batch_size, device, read["val"],
+            model,
+            batcher,
+            splits.val,
+            scaler,
+            series.null_value,
+            pretrain_masker(pre, params.seed + 1, device),
+            pre.epochs,
+            pre.batch_size,
+            device,
+            read["val"],
         )
-    return PretrainResult(
-        model=model,
-        scaler=scaler,
-        splits=splits,
-        fit=fit,
-        val_mae=val_mae,
-        val_mae_mixed_mask=val_mixed,
-        change_epoch=pre.change_epoch,
-        windows_read=read,
-    )
+    return PretrainResult(model, scaler, splits, fit, val_mae, val_mixed, pre.change_epoch, windows_read=read)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +35,8 @@ from gptst.training.grad import clip_grad_norm
 
 CHECKPOINT = "last.pt"
 BEST_WEIGHTS = "best.pt"
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
 
 
 class Stateful(Protocol):
@@ -137,21 +139,21 @@ def epoch_batches(
     return out
 
 
-class Trainer:
+class Trainer(Generic[ModelT]):
     """Fits ``model`` with ``step_fn``; see the module docstring for what it guarantees."""
 
     def __init__(
         self,
-        model: nn.Module,
+        model: ModelT,
         step_fn: Callable[[nn.Module, Batch, int], StepResult],
         groups: list[ParamGroup],
         config: TrainerConfig,
         *,
         checkpoint_dir: str | Path,
         device: str = "cpu",
-        val_fn: Callable[[nn.Module, int], float] | None = None,
+        val_fn: Callable[[ModelT, int], float] | None = None,
         stateful: Mapping[str, Stateful] | None = None,
-        fingerprint: str = "",
+        identity: Mapping[str, str] | None = None,
         dist: Distributed | None = None,
         log_fn: Callable[[int, dict[str, float]], None] | None = None,
     ) -> None:
@@ -164,7 +166,7 @@ class Trainer:
         self.device = device
         self.val_fn = val_fn
         self.stateful = dict(stateful or {})
-        self.fingerprint = fingerprint
+        self.identity = dict(identity or {})
         self.dist = dist or Distributed()
         self.log_fn = log_fn
         self.checkpoint_dir = Path(checkpoint_dir)
@@ -191,7 +193,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ training
     def fit(self, train_batches: Callable[[int], Iterable[Batch]], steps_per_epoch: int | None = None) -> FitResult:
-        """Train from the last checkpoint (if it matches this run's fingerprint) to the end."""
+        """Train from the last checkpoint (if it has this run's identity) to the end."""
         cfg = self.config
         state = self._resume()
         start = state["epoch"] + 1
@@ -306,7 +308,7 @@ class Trainer:
         if self.dist.is_main:
             _atomic_save(
                 {
-                    "fingerprint": self.fingerprint,
+                    "identity": self.identity,
                     "world": self.dist.world,
                     "epoch": epoch,
                     "model": self.model.state_dict(),
@@ -343,8 +345,12 @@ class Trainer:
         if not path.is_file():
             return fresh
         state = torch.load(path, map_location=self.device, weights_only=True)
-        if state.get("fingerprint") != self.fingerprint or state.get("world") != self.dist.world:
-            self._say(f"checkpoint {path} belongs to another configuration: starting afresh")
+        differs = identity_differences(
+            {**state.get("identity", {}), "world": str(state.get("world"))},
+            {**self.identity, "world": str(self.dist.world)},
+        )
+        if differs:
+            self._say(f"checkpoint {path} is not this run's ({'; '.join(differs)}): starting afresh")
             return fresh
         rank_path = self._rank_state_path(state["epoch"])
         rank_state = torch.load(rank_path, map_location="cpu", weights_only=True) if rank_path.is_file() else None
@@ -385,7 +391,9 @@ class Trainer:
             self.log_fn(epoch, _finite(row))
         done = [r["seconds"] for r in [row]]
         eta = (self.config.epochs - epoch) * float(np.mean(done))
-        parts = [f"{k.removeprefix('train_')} {v:.4g}" for k, v in row.items() if k.startswith("train_") and "grad" not in k]
+        parts = [
+            f"{k.removeprefix('train_')} {v:.4g}" for k, v in row.items() if k.startswith("train_") and "grad" not in k
+        ]
         val = f"  val {row['val_metric']:.4f}" if "val_metric" in row else ""
         mark = " *" if improved else ""
         self._say(
@@ -396,6 +404,19 @@ class Trainer:
     def _say(self, message: str) -> None:
         if self.dist.is_main:
             print(message, flush=True)
+
+
+def identity_differences(saved: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
+    """What makes a checkpoint another run's: one line per part of the identity that differs."""
+
+    def short(value: str | None) -> str:
+        return "absent" if value is None else (value[:12] if len(value) > 16 else value)
+
+    return [
+        f"{key} differs (checkpoint {short(saved.get(key))}, now {short(current.get(key))})"
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key) != current.get(key)
+    ]
 
 
 def _finite(row: dict[str, float]) -> dict[str, float]:

@@ -2,9 +2,8 @@
 
 Importing this package does not import GX (6-7 s); :func:`validate_dataset` and
 :func:`new_context` do.
+
+
+Importing the package imports none of its modules: import each from its own module, so a
+stage's import closure (its DVC deps) holds only what it uses.
 """
-
-from gptst.validation.gx_run import new_context
-from gptst.validation.validate import ValidationReport, validate_dataset
-
-__all__ = ["ValidationReport", "new_context", "validate_dataset"]

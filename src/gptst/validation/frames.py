@@ -117,10 +117,17 @@ def node_frame(series: SeriesData) -> pd.DataFrame:
 
 
 def graph_rows_frame(adj: np.ndarray, adj_node_ids: Sequence[str]) -> pd.DataFrame:
-    """One row per adjacency row: its length, non-finite count and smallest finite weight."""
+    """One row per adjacency row: its length, non-finite count, smallest finite weight and
+    degree (edges out of the row's node plus edges into it, self-loops not counted; 0 means
+    the node is isolated). A non-square matrix gives the nodes beyond its columns no in-edges."""
     adj = np.asarray(adj, dtype=np.float64)
     rows, cols = adj.shape
     ids = canonical_ids(adj_node_ids)
+    linked = adj != 0  # NaN counts as an edge here; it fails the n_nonfinite check instead
+    square = min(rows, cols)
+    linked[np.arange(square), np.arange(square)] = False
+    degree = linked.sum(axis=1).astype(np.int64)
+    degree[:square] += linked.sum(axis=0)[:square]
     finite = np.isfinite(adj)
     with np.errstate(invalid="ignore"):
         min_weight = np.where(finite, adj, np.inf).min(axis=1) if cols else np.full(rows, np.inf)
@@ -132,6 +139,7 @@ def graph_rows_frame(adj: np.ndarray, adj_node_ids: Sequence[str]) -> pd.DataFra
             "n_cols": np.full(rows, cols, dtype=np.int64),
             "n_nonfinite": (~finite).sum(axis=1).astype(np.int64),
             "min_weight": min_weight,
+            "degree": degree,
         }
     )
 

@@ -12,6 +12,7 @@ by a Parquet asset of the in-memory pandas data source; the directory is removed
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Sequence
@@ -140,10 +141,8 @@ def run_checkpoint(context: Any, views: Sequence[View], max_examples: int) -> di
         finally:
             # Delete in reverse: a checkpoint refers to definitions, which refer to suites.
             for store, name in reversed(added):
-                try:
+                with contextlib.suppress(Exception):  # cleanup must not mask the real error
                     store.delete(name)
-                except Exception:  # noqa: BLE001 - cleanup must not mask the real error
-                    pass
 
 
 def checkpoint_result_dict(result: Any) -> dict[str, Any]:

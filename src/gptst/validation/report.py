@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from gptst.data.kinds import data_kind
 from gptst.data.series import SeriesData
 from gptst.validation.frames import INDEX_COLUMNS, ITEM, POSITION
 
@@ -29,6 +30,7 @@ def iter_outcomes(gx_result: dict[str, Any], blocking: set[str]) -> Iterator[dic
                 "unexpected_count": result.get("unexpected_count"),
                 "element_count": result.get("element_count"),
                 "examples": result.get("partial_unexpected_index_list") or [],
+                "mostly": kwargs.get("mostly"),
                 "error": exception.get("exception_message") if exception.get("raised_exception") else None,
             }
 
@@ -40,9 +42,7 @@ def collect_failures(gx_result: dict[str, Any], blocking: set[str]) -> list[dict
 
 def format_example(example: dict[str, Any]) -> str:
     """``718072|speed (position 5): missing_share=0.51`` from one GX unexpected-index record."""
-    values = ", ".join(
-        f"{k}={'null' if v is None else _fmt(v)}" for k, v in example.items() if k not in INDEX_COLUMNS
-    )
+    values = ", ".join(f"{k}={'null' if v is None else _fmt(v)}" for k, v in example.items() if k not in INDEX_COLUMNS)
     head = f"{example.get(ITEM)} (position {example.get(POSITION)})"
     return f"{head}: {values}" if values else head
 
@@ -54,6 +54,11 @@ def describe_outcome(o: dict[str, Any], max_examples: int) -> str:
         return f"{text}: raised {o['error']}"
     if o["unexpected_count"] is not None:
         text += f": {o['unexpected_count']} of {o['element_count']} rows unexpected"
+        if o.get("mostly") is not None and o["element_count"]:
+            # A share limit (GX's mostly = 1 - limit, maybe less a rounding margin): name the
+            # observed share and the limit.
+            share = o["unexpected_count"] / o["element_count"]
+            text += f" (share {share:.3g}, limit {round(1 - o['mostly'], 6):.3g})"
     else:
         text += f": observed {_fmt(o['observed'])}"
     if o["examples"]:
@@ -142,8 +147,8 @@ def render_summary(
     for g in gaps["first"]:
         out.append(f"- position {g['position']}, {g['timestamp']}: {_fmt(g['step_seconds'])} s after the previous step")
     out += ["", "## Zero nodes", ""]
-    if series.kind != "demand":
-        out.append("Not checked (only demand data is; zero speeds are missing readings).")
+    if not data_kind(series.kind).checks_zero_nodes:
+        out.append(data_kind(series.kind).zero_nodes_note)
     else:
         out.append(f"{len(zero_node_ids)} node(s) are zero at every step.")
         if zero_node_ids:

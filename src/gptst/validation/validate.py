@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from gptst.data.kinds import data_kind
 from gptst.data.series import SeriesData
 from gptst.errors import InputError
 from gptst.io import write_json, write_text
@@ -84,6 +85,8 @@ def validate_dataset(
     blocking = {v.name for v in views if v.blocking}
     failures = collect_failures(gx_result, blocking)
     node_view = next(v for v in views if v.name == VALUES_SUITE)
+    graph_view = next(v for v in views if v.name == GRAPH_SUITE)
+    isolated = int((graph_view.frame["degree"] == 0).sum())
     zero_ids = _zero_node_ids(views)
     gaps = _gaps(gx_result, step, step_source)
     stats = [r["statistics"] for r in gx_result["validation_results"]]
@@ -99,9 +102,17 @@ def validate_dataset(
         "zero_nodes": len(zero_ids),
         "missing_share_overall": float(node_view.frame["missing_share"].mean()),
         "nonfinite_cells": int(node_view.frame["n_nonfinite"].sum()),
+        "isolated_nodes": isolated,
+        "isolated_share": isolated / len(graph_view.frame) if len(graph_view.frame) else 0.0,
     }
     success = blocking_failed == 0
     message = render_message(success, failures, counts, zero_ids, options.max_examples)
+    if isolated:
+        message += (
+            f"\nnote: {isolated} of {len(graph_view.frame)} graph node(s) are isolated (no edge in or out): "
+            f"share {counts['isolated_share']:.3g}, limit {options.max_isolated_share:g} "
+            "(validation.max_isolated_share)"
+        )
 
     paths = {
         "gx_result": out_dir / GX_RESULT_FILE,
@@ -146,17 +157,8 @@ def _check_shapes(series: SeriesData, adj: np.ndarray) -> None:
         raise InputError("graph", "adjacency", f"expected a 2-D matrix, got shape {np.shape(adj)}")
 
 
-def _views(
-    series: SeriesData,
-    adj: np.ndarray,
-    adj_node_ids: list[str],
-    dataset: DatasetParams,
-    options: ValidationParams,
-    step: float | None,
-) -> list[View]:
-    T, N, C = series.values.shape
-    bounds = dataset.physical_bounds
-
+def _time_checks(step: float | None) -> list[Check]:
+    """The timestamps: present, strictly increasing, unique, and (when known) one step apart."""
     time_checks = [
         Check("ExpectColumnValuesToNotBeNull", {"column": "timestamp"}, "every step has a timestamp"),
         Check(
@@ -175,6 +177,12 @@ def _views(
             )
         )
 
+    return time_checks
+
+
+def _value_checks(dataset: DatasetParams) -> list[Check]:
+    """Per (node, channel): finite, within the kind's physical bounds, not too much missing."""
+    bounds = dataset.physical_bounds
     value_checks = [
         Check(
             "ExpectCompoundColumnsToBeUnique",
@@ -217,7 +225,11 @@ def _views(
         ),
     ]
 
-    graph_rows = adj.shape[0]
+    return value_checks
+
+
+def _graph_checks(N: int, graph_rows: int, options: ValidationParams) -> list[Check]:
+    """The graph's rows: one per node, square, finite non-negative weights, few isolated nodes."""
     graph_checks = [
         Check("ExpectTableRowCountToEqual", {"value": N}, f"the graph has N = {N} rows, one per series node"),
         Check(
@@ -235,7 +247,27 @@ def _views(
             {"column": "min_weight", "min_value": 0},
             "edge weights are non-negative",
         ),
+        # mostly = 1 - limit (GX passes when the share of rows with degree >= 1 is >= mostly);
+        # the 1e-9 keeps a share exactly at the limit passing despite 1 - x rounding.
+        Check(
+            "ExpectColumnValuesToBeBetween",
+            {"column": "degree", "min_value": 1, "mostly": max(0.0, 1.0 - options.max_isolated_share - 1e-9)},
+            f"at most {options.max_isolated_share:g} of the nodes are isolated (degree 0: no edge in or out, "
+            "self-loops not counted; validation.max_isolated_share)",
+        ),
     ]
+    return graph_checks
+
+
+def _views(
+    series: SeriesData,
+    adj: np.ndarray,
+    adj_node_ids: list[str],
+    dataset: DatasetParams,
+    options: ValidationParams,
+    step: float | None,
+) -> list[View]:
+    """The frames GX validates (aggregated views, never the raw [T, N, C] values) and their checks."""
     id_checks = [
         Check(
             "ExpectColumnPairValuesToBeEqual",
@@ -243,15 +275,15 @@ def _views(
             "graph node ids equal the series node ids, in order",
         )
     ]
-
+    graph_checks = _graph_checks(series.values.shape[1], adj.shape[0], options)
     views = [
-        View(TIME_SUITE, frames.timestamps_frame(series.timestamps), time_checks),
-        View(VALUES_SUITE, frames.node_channel_frame(series), value_checks),
+        View(TIME_SUITE, frames.timestamps_frame(series.timestamps), _time_checks(step)),
+        View(VALUES_SUITE, frames.node_channel_frame(series), _value_checks(dataset)),
         View(GRAPH_SUITE, frames.graph_rows_frame(adj, adj_node_ids), graph_checks),
         View(GRAPH_IDS_SUITE, frames.graph_ids_frame(adj_node_ids, series.node_ids), id_checks),
     ]
-    if dataset.kind == "demand":
-        # Demand grids have cells nobody uses; they are worth knowing about, not fatal.
+    if data_kind(dataset.kind).checks_zero_nodes:
+        # Demand grids have cells nobody uses; they are worth knowing about, not fatal by default.
         views.append(
             View(
                 ZERO_SUITE,

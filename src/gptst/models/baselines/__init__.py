@@ -1,27 +1,5 @@
-"""Downstream baselines, one file each (BASELINES.md); importing the package registers them all."""
+"""Downstream baselines, one module each (BASELINES.md), and their registry (:mod:`.registry`).
 
-import importlib as _importlib
-import pkgutil as _pkgutil
-
-from gptst.models.baselines.registry import (
-    BaselineSpec,
-    baseline_spec,
-    build_baseline,
-    parameter_count,
-    register_baseline,
-    registered_baselines,
-)
-
-# Every module of this package but the registry is a baseline that registers itself on import.
-for _module in _pkgutil.iter_modules(__path__):
-    if _module.name != "registry":
-        _importlib.import_module(f"{__name__}.{_module.name}")
-
-__all__ = [
-    "BaselineSpec",
-    "baseline_spec",
-    "build_baseline",
-    "parameter_count",
-    "register_baseline",
-    "registered_baselines",
-]
+Importing the package imports none of its modules: the registry imports one baseline's module
+when it is asked for that baseline, so a finetune item's code closure holds only its own baseline.
+"""

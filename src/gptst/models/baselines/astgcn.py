@@ -24,13 +24,16 @@ below 1 in every case measured (N 30 and 207; 1, 5 and 64 channels); the archite
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from gptst.graph import GraphBundle, chebyshev_polynomials, scaled_laplacian
-from gptst.models.baselines.registry import register_baseline
-from gptst.params import AstgcnParams
+from gptst.graph.bundle import GraphBundle
+from gptst.graph.normalize import chebyshev_polynomials, scaled_laplacian
+from gptst.models.baselines.registry import BaselineConfig, register_baseline
 
 
 def _attention_scores(query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
@@ -76,6 +79,8 @@ class SpatialAttention(nn.Module):
 class AttentiveChebConv(nn.Module):
     """``relu(sum_k ((T_k^T * S) X) Theta_k)`` for each step; S is the spatial attention."""
 
+    propagation: torch.Tensor  # buffer [K, N, N]
+
     def __init__(self, propagation: torch.Tensor, c_in: int, c_out: int) -> None:
         super().__init__()
         # The graph comes with the model's construction arguments, so it is not part of the weights.
@@ -83,7 +88,7 @@ class AttentiveChebConv(nn.Module):
         self.theta = nn.Parameter(torch.empty(propagation.shape[0], c_in, c_out))
 
     def forward(self, x: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:  # [B, N, T, F], [B, N, N]
-        out = 0
+        out = torch.zeros((), dtype=x.dtype, device=x.device)
         for poly, theta in zip(self.propagation, self.theta, strict=True):
             out = out + torch.einsum("bnm,bmtf,fo->bnto", poly * attention, x, theta)
         return torch.relu(out)
@@ -121,7 +126,17 @@ class ASTGCNBlock(nn.Module):
         return self.dropout(self.norm(F.relu(out).permute(0, 2, 3, 1)))
 
 
-@register_baseline("astgcn")
+class AstgcnConfig(BaselineConfig):
+    """ASTGCN, GPT-ST configuration (normalized Laplacian; the original paper: combinatorial)."""
+
+    blocks: int = Field(2, ge=1)
+    cheb_k: int = Field(3, ge=1)
+    chev_filters: int = Field(64, ge=1)
+    time_filters: int = Field(64, ge=1)
+    laplacian: Literal["normalized", "combinatorial"] = "normalized"
+
+
+@register_baseline("astgcn", AstgcnConfig)
 class ASTGCN(nn.Module):
     """ASTGCN (recent component): ``[B, in_steps, N, in_dim] -> [B, out_steps, N, out_dim]``."""
 
@@ -134,7 +149,7 @@ class ASTGCN(nn.Module):
         in_steps: int,
         out_steps: int,
         graph: GraphBundle,
-        params: AstgcnParams,
+        params: AstgcnConfig,
     ) -> None:
         super().__init__()
         self.in_steps, self.out_steps, self.out_dim = in_steps, out_steps, out_dim

@@ -20,13 +20,16 @@ Deviations from the reference code, both removing weights that can never receive
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from gptst.graph import GraphBundle, double_transition
-from gptst.models.baselines.registry import register_baseline
-from gptst.params import GwnParams
+from gptst.graph.bundle import GraphBundle
+from gptst.graph.normalize import double_transition
+from gptst.models.baselines.registry import BaselineConfig, register_baseline
 
 # Diffusion steps per support (the paper's K); the GPT-ST port and the original both use 2.
 DIFFUSION_STEPS = 2
@@ -59,7 +62,22 @@ class DiffusionGraphConv(nn.Module):
         return self.dropout(self.mix(torch.cat(terms, dim=1)))
 
 
-@register_baseline("gwn")
+class GwnConfig(BaselineConfig):
+    """Graph WaveNet, GPT-ST configuration (adaptive adjacency only, dropout 0.3)."""
+
+    dropout: float = Field(0.3, ge=0, lt=1)
+    graph: Literal["adaptive", "transition+adaptive"] = "adaptive"
+    residual_channels: int = Field(32, ge=1)
+    dilation_channels: int = Field(32, ge=1)
+    skip_channels: int = Field(256, ge=1)
+    end_channels: int = Field(512, ge=1)
+    blocks: int = Field(4, ge=1)
+    layers: int = Field(2, ge=1)
+    kernel_size: int = Field(2, ge=1)
+    adaptive_dim: int = Field(10, ge=1)
+
+
+@register_baseline("gwn", GwnConfig)
 class GraphWaveNet(nn.Module):
     """Graph WaveNet: x [B, in_steps, N, in_dim] -> [B, out_steps, N, out_dim].
 
@@ -76,7 +94,7 @@ class GraphWaveNet(nn.Module):
         in_steps: int,
         out_steps: int,
         graph: GraphBundle,
-        params: GwnParams,
+        params: GwnConfig,
     ) -> None:
         super().__init__()
         self.num_nodes = num_nodes

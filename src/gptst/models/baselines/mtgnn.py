@@ -15,13 +15,15 @@ does.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from gptst.graph import GraphBundle
-from gptst.models.baselines.registry import register_baseline
-from gptst.params import MtgnnParams
+from gptst.graph.bundle import GraphBundle
+from gptst.models.baselines.registry import BaselineConfig, register_baseline
 
 # The inception branches of the paper; the widest kernel sets how much each layer shortens time.
 KERNEL_SET = (2, 3, 6, 7)
@@ -102,6 +104,18 @@ class GraphLearner(nn.Module):
         return adj * mask
 
 
+def _full_width(conv: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:
+    """``conv(h)`` for a (1, T) kernel spanning all T steps of ``h`` [B, C, N, T], as one matmul.
+
+    The same weights and result as the convolution, but oneDNN's CPU convolution backward returns
+    NaN weight gradients for these shapes on some runs (torch 2.13), which made MTGNN diverge.
+    """
+    b, c, n, t = h.shape
+    weight = conv.weight.reshape(conv.out_channels, c * t)  # [O, C, 1, T]: index c * T + t
+    out = F.linear(h.permute(0, 2, 1, 3).reshape(b, n, c * t), weight, conv.bias)
+    return out.permute(0, 2, 1).unsqueeze(-1)  # [B, O, N, 1]
+
+
 def _transition(adj: torch.Tensor) -> torch.Tensor:
     """Row-normalised ``A + I``. In torch rather than ``gptst.graph.random_walk`` (numpy): the
     learned graph changes every step and its gradient must flow through the normalisation."""
@@ -109,7 +123,24 @@ def _transition(adj: torch.Tensor) -> torch.Tensor:
     return with_loops / with_loops.sum(dim=1, keepdim=True)
 
 
-@register_baseline("mtgnn")
+class MtgnnConfig(BaselineConfig):
+    """MTGNN, GPT-ST configuration (dropout 0.3, 3 layers, top-20 learned neighbours)."""
+
+    dropout: float = Field(0.3, ge=0, lt=1)
+    gcn_depth: int = Field(2, ge=0)
+    subgraph_size: int = Field(20, ge=1)
+    node_dim: int = Field(40, ge=1)
+    conv_channels: int = Field(32, ge=1)
+    residual_channels: int = Field(32, ge=1)
+    skip_channels: int = Field(64, ge=1)
+    end_channels: int = Field(128, ge=1)
+    layers: int = Field(3, ge=1)
+    dilation_exponential: int = Field(1, ge=1)
+    prop_alpha: float = Field(0.05, ge=0, le=1)
+    tanh_alpha: float = Field(3.0, gt=0)
+
+
+@register_baseline("mtgnn", MtgnnConfig)
 class MTGNN(nn.Module):
     """MTGNN: learned top-k graph, gated dilated-inception TCN and mix-hop propagation.
 
@@ -126,7 +157,7 @@ class MTGNN(nn.Module):
         in_steps: int,
         out_steps: int,
         graph: GraphBundle,
-        params: MtgnnParams,
+        params: MtgnnConfig,
     ) -> None:
         super().__init__()
         if graph.num_nodes != num_nodes:
@@ -188,16 +219,16 @@ class MTGNN(nn.Module):
         adj = self.graph_learner()
         forward_transition, backward_transition = _transition(adj), _transition(adj.T)
 
-        skip = self.input_skip(F.dropout(h, self.dropout, self.training))
+        skip = _full_width(self.input_skip, F.dropout(h, self.dropout, self.training))
         h = self.start_conv(h)
         for layer in range(len(self.norms)):
             residual = h
             h = torch.tanh(self.filter_convs[layer](h)) * torch.sigmoid(self.gate_convs[layer](h))
             h = F.dropout(h, self.dropout, self.training)
-            skip = skip + self.skip_convs[layer](h)
+            skip = skip + _full_width(cast(nn.Conv2d, self.skip_convs[layer]), h)
             h = self.forward_props[layer](h, forward_transition) + self.backward_props[layer](h, backward_transition)
             h = self.norms[layer](h + residual[..., -h.shape[-1] :])
 
-        skip = skip + self.output_skip(h)
+        skip = skip + _full_width(self.output_skip, h)
         out = self.end_conv_2(F.relu(self.end_conv_1(F.relu(skip))))  # [B, out_steps * out_dim, N, 1]
         return out.reshape(batch, self.out_steps, self.out_dim, nodes).transpose(2, 3)

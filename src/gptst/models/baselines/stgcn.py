@@ -21,11 +21,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import nn
 
-from gptst.graph import GraphBundle, chebyshev_polynomials, scaled_laplacian
-from gptst.models.baselines.registry import register_baseline
-from gptst.params import StgcnParams
+from gptst.graph.bundle import GraphBundle
+from gptst.graph.normalize import chebyshev_polynomials, scaled_laplacian
+from gptst.models.baselines.registry import BaselineConfig, register_baseline
 
 
 class ChannelAlign(nn.Module):
@@ -146,7 +147,24 @@ class OutputLayer(nn.Module):
         return out.reshape(batch, self.out_steps, self.out_dim, nodes).transpose(2, 3)
 
 
-@register_baseline("stgcn")
+class StgcnConfig(BaselineConfig):
+    """STGCN, GPT-ST configuration: per ST-Conv block ``[bottleneck, output]`` channels (a block's
+    input is the model input or the previous block's output), 'same' temporal padding."""
+
+    cheb_k: int = Field(3, ge=1)
+    kernel_t: int = Field(3, ge=1)
+    output_kernel_t: int = Field(3, ge=1, description="output layer's temporal kernel when T_out == T_in")
+    block_channels: list[list[int]] = [[32, 64], [32, 128]]
+
+    @field_validator("block_channels")
+    @classmethod
+    def _pairs(cls, v: list[list[int]]) -> list[list[int]]:
+        if not v or any(len(block) != 2 or min(block) < 1 for block in v):
+            raise ValueError(f"{v}: need at least one block, each [bottleneck, output] of positive ints")
+        return v
+
+
+@register_baseline("stgcn", StgcnConfig)
 class STGCN(nn.Module):
     """STGCN: ST-Conv blocks with 'same' temporal padding and an output layer;
     ``[B, in_steps, N, in_dim] -> [B, out_steps, N, out_dim]``."""
@@ -160,7 +178,7 @@ class STGCN(nn.Module):
         in_steps: int,
         out_steps: int,
         graph: GraphBundle,
-        params: StgcnParams,
+        params: StgcnConfig,
     ) -> None:
         super().__init__()
         self.in_steps, self.out_steps = in_steps, out_steps

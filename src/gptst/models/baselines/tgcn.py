@@ -16,11 +16,12 @@ Differences from GPT-ST's port, none of which changes the parameter count:
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from gptst.graph import GraphBundle, normalized_adjacency
-from gptst.models.baselines.registry import register_baseline
-from gptst.params import TgcnParams
+from gptst.graph.bundle import GraphBundle
+from gptst.graph.normalize import normalized_adjacency
+from gptst.models.baselines.registry import BaselineConfig, register_baseline
 
 
 def propagate(adj: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -52,9 +53,17 @@ class GraphGruCell(nn.Module):
         return update * h + (1.0 - update) * candidate
 
 
-@register_baseline("tgcn")
+class TgcnConfig(BaselineConfig):
+    """T-GCN, GPT-ST configuration: 100 GRU units per node."""
+
+    hidden: int = Field(100, ge=1)
+
+
+@register_baseline("tgcn", TgcnConfig)
 class TGCN(nn.Module):
     """T-GCN: x [B, in_steps, N, in_dim] -> [B, out_steps, N, out_dim]; any step counts."""
+
+    adj: torch.Tensor  # buffer [N, N]
 
     def __init__(
         self,
@@ -65,7 +74,7 @@ class TGCN(nn.Module):
         in_steps: int,
         out_steps: int,
         graph: GraphBundle,
-        params: TgcnParams,
+        params: TgcnConfig,
     ) -> None:
         super().__init__()
         self.num_nodes = num_nodes

@@ -20,7 +20,7 @@ from gptst.data.calendar import steps_per_day as freq_steps_per_day
 from gptst.data.scaler import StandardScaler
 from gptst.data.series import canonical_ids
 from gptst.errors import InputError
-from gptst.models.bundle_io import field, local_copy, meta_value, parse, read_bundle, reason, str_list, write_bundle
+from gptst.models.bundle_io import field, meta_value, parse, read_bundle, reason, str_list, write_bundle
 from gptst.models.gptst.config import GptstConfig
 from gptst.models.gptst.model import GPTST, build_model
 
@@ -95,14 +95,16 @@ def save_encoder_bundle(
     return write_bundle(path, FORMAT, model.state_dict(), plain)
 
 
-def load_encoder(uri_or_path: str | Path, map_location: str | torch.device = "cpu") -> EncoderBundle:
-    """Load a bundle from a local file or a ``models:/...`` URI (downloaded from the registry).
+def load_encoder(
+    path: str | Path, map_location: str | torch.device = "cpu", *, where: str | None = None, source: str | None = None
+) -> EncoderBundle:
+    """Load an encoder bundle file (``where``: its name in messages; ``source``: where it came from).
+    ``models:/...`` URIs: :func:`gptst.tracking.registry.load_model`.
 
     Always ``torch.load(weights_only=True)``: a file that is not a bundle, or a pickle that
     would import or call anything, is an :class:`InputError` naming the file and the field.
     """
-    with local_copy(uri_or_path, "gptst-encoder-") as (path, where):
-        return _load_file(path, where, str(uri_or_path), map_location)
+    return _load_file(Path(path), where or str(path), source or str(path), map_location)
 
 
 def check_compatible(

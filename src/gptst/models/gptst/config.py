@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from gptst.data.calendar import N_FEATURES
-from gptst.params import GptstModelParams
 
 MASK_TOKENS = ("zero", "learned")
 IMPLS = ("fast", "naive")
@@ -69,36 +67,6 @@ class GptstConfig:
                 "(one normalised raw-0 value per channel, or empty)"
             )
         object.__setattr__(self, "zero_value", zero_value)
-
-    @classmethod
-    def from_params(
-        cls,
-        model: GptstModelParams,
-        *,
-        num_nodes: int,
-        t_in: int,
-        channels: int,
-        zero_value: Sequence[float],
-    ) -> GptstConfig:
-        """The config of ``pretrain.model`` params for data of ``num_nodes`` x ``channels`` and ``t_in`` steps."""
-        return cls(
-            num_nodes=num_nodes,
-            t_in=t_in,
-            channels=channels,
-            hidden=model.hidden,
-            embed=model.embed,
-            small_embed=model.small_embed,
-            clusters=model.clusters,
-            cross_hyperedges=model.cross_hyperedges,
-            temporal_hyperedges=model.temporal_hyperedges,
-            routing_iters=model.routing_iters,
-            customised_params=model.customised_params,
-            use_clusters=model.use_clusters,
-            mask_token=model.mask_token,
-            zero_value=tuple(float(v) for v in zero_value),
-            impl=model.impl,
-            activation_checkpointing=model.activation_checkpointing,
-        )
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (model bundles store it); :meth:`from_dict` inverts it."""

@@ -133,6 +133,7 @@ def project_input(
         basis = [torch.where(masked, 0.0, x), keep, 1.0 - keep]
         coef.append(token.to(x.dtype).unsqueeze(0))
     else:
+        assert zero_value is not None, "masking without a token needs zero_value"  # GptstEncoder checks it
         basis = [torch.where(mask.unsqueeze(-1), zero_value.to(x.dtype), x), ones]
     return LowRank(torch.cat(basis, dim=-1), torch.cat(coef, dim=0))
 
@@ -268,7 +269,7 @@ class _StepMixLinear(torch.autograd.Function):
         grad_h = _empty_grad(h, need_h, False)
         grad_mixing = _empty_grad(mixing, need_mixing, True)
         grad_weight = _empty_grad(weight, need_weight, not per_step)
-        grad_bias = None
+        grad_bias: Tensor | float | None = None
         if need_bias:
             grad_bias = torch.empty(out.shape[:2] + out.shape[-1:], dtype=h.dtype, device=h.device) if per_step else 0.0
         weight_t = weight.transpose(-1, -2)
@@ -278,10 +279,13 @@ class _StepMixLinear(torch.autograd.Function):
             grad_pre = _leaky_relu_backward(grad_out[sl], out[sl])
             if need_bias:
                 if per_step:
+                    assert isinstance(grad_bias, Tensor)
                     grad_bias[sl] = _bias_grad(grad_pre, 3)
                 else:
+                    assert grad_bias is not None
                     grad_bias = grad_bias + _bias_grad(grad_pre, 1)
             if need_weight:
+                assert grad_weight is not None
                 mixed = h_c if mixing is None else _mix_steps(h_c, mixing)
                 if per_step:
                     torch.matmul(mixed.transpose(-1, -2), grad_pre, out=grad_weight[sl])
@@ -291,9 +295,12 @@ class _StepMixLinear(torch.autograd.Function):
             if need_h or need_mixing:
                 grad_mixed = torch.matmul(grad_pre, weight_t[sl] if per_step else weight_t)
                 if need_mixing:
+                    assert grad_mixing is not None
                     grad_mixing += _mix_steps_grad(grad_mixed, h_c, mixing.dim())
                 if need_h:
-                    back = grad_mixed if mixing is None else _mix_steps(grad_mixed, mixing_t)
+                    assert grad_h is not None
+                    # mixing_t is None exactly when mixing is.
+                    back = grad_mixed if mixing_t is None else _mix_steps(grad_mixed, mixing_t)
                     if ctx.residual:
                         torch.add(back, grad_pre, out=grad_h[sl])
                     else:
@@ -325,18 +332,21 @@ class _PrimaryClusters(torch.autograd.Function):
         grad_h = _empty_grad(h, need_h, False)
         grad_weight = _empty_grad(weight, need_weight, True)
         grad_assign = _empty_grad(assign, need_assign, False)
-        grad_bias = 0.0
+        grad_bias: Tensor | float = 0.0
         for sl in _chunks(h, NODE_CHUNK_FLOATS):
             pre_c, grad_c = pre[sl], grad_clusters[sl]
             if need_assign:
+                assert grad_assign is not None
                 torch.matmul(grad_c, squash(pre_c).transpose(-1, -2), out=grad_assign[sl])
             if need_h or need_weight or need_bias:
                 grad_pre = _squash_backward(pre_c, assign[sl].transpose(-1, -2) @ grad_c)
                 if need_weight:
+                    assert grad_weight is not None
                     grad_weight += _flat_grad(grad_pre, h[sl])
                 if need_bias:
                     grad_bias = grad_bias + grad_pre.sum(dim=(0, 1, 2))
                 if need_h:
+                    assert grad_h is not None
                     torch.matmul(grad_pre, weight, out=grad_h[sl])
         return grad_h, grad_weight, grad_bias if need_bias else None, grad_assign, None
 
@@ -369,21 +379,25 @@ class _ClusterReadout(torch.autograd.Function):
         grad_caps = _empty_grad(caps, need_caps, False)
         grad_h = _empty_grad(out, need_h, False)
         grad_weight = _empty_grad(weight, need_weight, True)
-        grad_bias = 0.0
+        grad_bias: Tensor | float = 0.0
         weight_t = weight.transpose(-1, -2)
         for sl in _chunks(out, NODE_CHUNK_FLOATS):
             assign_c = assign[sl]
-            # The residual's gradient is grad_pre itself: computed straight into grad_h.
-            grad_pre = _leaky_relu_backward(grad_out[sl], out[sl], grad_h[sl] if need_h else None)
+            # The residual's gradient is grad_pre itself: computed straight into grad_h
+            # (grad_h is None exactly when need_h is false).
+            grad_pre = _leaky_relu_backward(grad_out[sl], out[sl], grad_h[sl] if grad_h is not None else None)
             if need_bias:
                 grad_bias = grad_bias + _bias_grad(grad_pre, ctx.bias_dim)
             if need_weight:
+                assert grad_weight is not None
                 grad_weight += _node_weight_grad(assign_c.transpose(-1, -2) @ caps[sl], grad_pre, weight.dim())
             if need_assign or need_caps:
                 grad_regions = _node_linear(grad_pre, weight_t)
                 if need_assign:
+                    assert grad_assign is not None
                     torch.matmul(caps[sl], grad_regions.transpose(-1, -2), out=grad_assign[sl])
                 if need_caps:
+                    assert grad_caps is not None
                     torch.matmul(assign_c, grad_regions, out=grad_caps[sl])
         return grad_assign, grad_caps, grad_h, grad_weight, grad_bias if need_bias else None
 
@@ -419,7 +433,7 @@ class _LowRankStepMix(torch.autograd.Function):
         grad_coef_weight = torch.empty_like(coef_weight) if per_step else torch.zeros_like(coef_weight)
         grad_coef = torch.zeros_like(coef)
         grad_mixing = torch.zeros_like(mixing) if need_mixing else None
-        grad_bias = None
+        grad_bias: Tensor | float | None = None
         if need_bias:
             grad_bias = torch.empty(out.shape[:2] + (D,), dtype=out.dtype, device=out.device) if per_step else 0.0
         for sl in _chunks(out, STEP_CHUNK_FLOATS):
@@ -427,8 +441,10 @@ class _LowRankStepMix(torch.autograd.Function):
             grad_pre = _leaky_relu_backward(grad_out[sl], out[sl])
             if need_bias:
                 if per_step:
+                    assert isinstance(grad_bias, Tensor)
                     grad_bias[sl] = _bias_grad(grad_pre, 3)
                 else:
+                    assert grad_bias is not None
                     grad_bias = grad_bias + _bias_grad(grad_pre, 1)
             mixed = _mix_steps(basis_c, mixing)
             if per_step:
@@ -439,6 +455,7 @@ class _LowRankStepMix(torch.autograd.Function):
             if need_mixing:
                 coef_weight_c = coef_weight[sl] if per_step else coef_weight
                 grad_mixed = torch.matmul(grad_pre, coef_weight_c.transpose(-1, -2))
+                assert grad_mixing is not None
                 grad_mixing += _mix_steps_grad(grad_mixed, basis_c, mixing.dim())
         grad_weight = torch.matmul(coef.T, grad_coef_weight) if need_weight else None
         through_weight = torch.matmul(grad_coef_weight, weight.transpose(-1, -2))
@@ -476,7 +493,7 @@ class _LowRankNodeLinear(torch.autograd.Function):
         per_node = weight.dim() == 3
         shape = (weight.shape[0], R, D) if per_node else (R, D)
         grad_coef_weight = torch.zeros(shape, dtype=out.dtype, device=out.device)
-        grad_bias = 0.0
+        grad_bias: Tensor | float = 0.0
         for sl in _chunks(out, NODE_CHUNK_FLOATS):
             basis_c = basis[sl]
             grad_pre = _leaky_relu_backward(grad_out[sl], out[sl])
@@ -571,6 +588,8 @@ class CapsuleHyperLayer(nn.Module):
     Returns the new [B, T, N, D] and the soft assignment Cw [B, T, HS, N].
     """
 
+    step_position: Tensor  # buffer [T]
+
     def __init__(self, cfg: GptstConfig) -> None:
         super().__init__()
         c, e, E, D, HS = cfg.customised_params, cfg.small_embed, cfg.embed, cfg.hidden, cfg.clusters
@@ -653,6 +672,8 @@ class MaskPredictor(nn.Module):
         self.time_weight = _pool(c, E, D, D)
         self.time_bias = _pool(c, E, D)
         self.output_proj = nn.Linear(D, cfg.clusters)
+        self.node_embed: nn.Parameter | None
+        self.time_encoder: CalendarEncoder | None
         if c:
             self.node_embed = nn.Parameter(torch.empty(cfg.num_nodes, E))
             self.time_encoder = CalendarEncoder(cfg.calendar_dim, E)

@@ -1,7 +1,7 @@
 """GPT-ST pre-training losses (GPTST_SPEC section 6) and the two-group gradient clipping.
 
 - Reconstruction: MAE over the MASKED cells only, in raw units, ignoring missing readings; the
-  masking rules are :mod:`gptst.training.metrics`' (a cell counts when its true value is not NaN
+  masking rules are :mod:`gptst.metrics`' (a cell counts when its true value is not NaN
   and not ``null_value``).
 - KL(p || q): p = the first capsule block's soft assignment (detached: a target, never trained
   through this term), q = softmax of the mask predictor's logits. Averaged per cell, so its scale
@@ -13,15 +13,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from gptst.data.scaler import StandardScaler
-from gptst.training.grad import clip_grad_norm
-from gptst.training.metrics import masked_mae
+from gptst.metrics import masked_mae
 
 
 def reconstruction_loss(
@@ -128,20 +126,3 @@ def pretrain_loss(
     recon_f, kl_f = parts.float().tolist()
     return PretrainLoss(total=total, reconstruction=recon_f, kl=kl_f, kl_weight=float(kl_weight), kl_applied=apply_kl)
 
-
-def clip_grad_norms(
-    autoencoder_params: Iterable[torch.nn.Parameter],
-    predictor_params: Iterable[torch.nn.Parameter],
-    max_ae: float | None,
-    max_pred: float | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clip the two groups' gradients to their own total 2-norms; ``None`` leaves a group unclipped.
-
-    Returns each group's total norm before clipping, as 0-d tensors (no host sync). The groups must
-    not share a parameter (it would be clipped twice).
-    """
-    ae, pred = list(autoencoder_params), list(predictor_params)
-    shared = {id(p) for p in ae} & {id(p) for p in pred}
-    if shared:
-        raise ValueError(f"{len(shared)} parameters are in both groups; the groups must be disjoint")
-    return clip_grad_norm(ae, max_ae), clip_grad_norm(pred, max_pred)

@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 import torch
 
-from gptst.params import PretrainParams
 
 MaskMode = Literal["half", "all"]
 MaskStrategy = Literal["adaptive", "random"]
@@ -98,21 +97,6 @@ class AdaptiveMasker:
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(self.seed)
-
-    @classmethod
-    def from_params(cls, params: PretrainParams, seed: int, device: str | torch.device = "cpu") -> AdaptiveMasker:
-        """The masker a pre-training run with ``params`` and run seed ``seed`` uses."""
-        return cls(
-            mask_ratio=params.mask_ratio,
-            mode=params.mask_mode,
-            strategy=params.mask_strategy,
-            rho=params.adaptive_rho,
-            change_epoch=params.change_epoch,
-            total_epochs=params.epochs,
-            seed=seed,
-            n_clusters=params.model.clusters,
-            device=device,
-        )
 
     # ------------------------------------------------------------------------------ schedule
     def adaptive_share(self, epoch: int) -> float:

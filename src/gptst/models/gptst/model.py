@@ -8,7 +8,7 @@ the target of the mask predictor. ``predict_clusters`` runs the predictor on the
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -92,7 +92,8 @@ class HyperStack(nn.Module):
                 assigns.append(assign)
             else:
                 h = self._call(layer, h, self.node_embed, tau)
-        return h, assigns
+        # Every layer returns a dense [B,T,N,D] tensor, and the stack is never empty.
+        return cast(Tensor, h), assigns
 
     def _call(self, layer: nn.Module, *args):
         if self.checkpointing and torch.is_grad_enabled():
@@ -106,6 +107,8 @@ class GptstEncoder(nn.Module):
     The fast implementation hands the projection to the stack as a :class:`LowRank` (rank C+1
     or C+2 per cell) so that the first layer skips its D x D products; the naive one projects.
     """
+
+    zero_value: Tensor | None  # buffer [C] (None without GptstConfig.zero_value)
 
     def __init__(self, cfg: GptstConfig, stack: HyperStack) -> None:
         super().__init__()
@@ -124,6 +127,7 @@ class GptstEncoder(nn.Module):
                 "mask_token 'zero' needs GptstConfig.zero_value (the normalised value of a raw 0 "
                 "per channel, -mean/std of the scaler) to mask the input"
             )
+        h: Tensor | LowRank
         if self.low_rank_input:
             h = project_input(x, self.input_proj, mask, self.zero_value, self.mask_token)
         elif mask is None:
@@ -131,6 +135,7 @@ class GptstEncoder(nn.Module):
         elif self.mask_token is not None:
             h = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), self.input_proj(x))
         else:
+            assert self.zero_value is not None  # checked above: masking without a token needs it
             h = self.input_proj(torch.where(mask.unsqueeze(-1), self.zero_value.to(x.dtype), x))
         return self.stack(h, cal)
 
@@ -189,7 +194,8 @@ class GPTST(nn.Module):
             return parts[0]
         return GptstOutput(
             recon=torch.cat([p.recon for p in parts]),
-            cw1=torch.cat([p.cw1 for p in parts]) if parts[0].cw1 is not None else None,
+            # Every micro-batch has a cw1 when the first has one (same model, same layers).
+            cw1=torch.cat(cast("list[Tensor]", [p.cw1 for p in parts])) if parts[0].cw1 is not None else None,
             hidden=torch.cat([p.hidden for p in parts]),
         )
 

@@ -45,7 +45,7 @@ def _time_specific(tau: Tensor | None, pool: Tensor, lead: tuple[int, ...]) -> T
 class NaiveTemporalHyperLayer(TemporalHyperLayer):
     """Two passes through the hyperedges and materialised per-(b, t) weights."""
 
-    def forward(self, h: Tensor, nu: Tensor | None, tau: Tensor | None) -> Tensor:
+    def forward(self, h: Tensor | LowRank, nu: Tensor | None, tau: Tensor | None) -> Tensor:
         if isinstance(h, LowRank):
             h = h.dense()
         B, T, N, _ = h.shape

@@ -50,7 +50,7 @@ class PretrainObjective(nn.Module):
         logits = self.model.predict_clusters(batch.x, batch.cal) if self.uses_predictor(epoch) else None
         # The random strategy (an ablation) still trains the predictor but never reads its labels.
         labels = logits.detach().argmax(dim=-1) if logits is not None else None
-        mask = self.masker(labels, epoch, shape=tuple(batch.x.shape[:3]), device=batch.x.device)
+        mask = self.masker(labels, epoch, shape=batch.x.shape[:3], device=batch.x.device)
         out = self.model(batch.x, batch.cal, mask)
         loss = pretrain_loss(
             out.recon,

@@ -214,9 +214,7 @@ def write_metrics_json(
     ``horizons`` is :func:`horizon_metrics`' table; keys become strings in step order then
     ``"avg"``, NaN becomes null.
     """
-    table = {
-        key: {m: _json_number(_row(horizons, key)[m]) for m in METRIC_NAMES} for key in _horizon_keys(horizons)
-    }
+    table = {key: {m: _json_number(_row(horizons, key)[m]) for m in METRIC_NAMES} for key in _horizon_keys(horizons)}
     document = {
         "dataset": dataset,
         "baseline": baseline,

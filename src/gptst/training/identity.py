@@ -1,0 +1,59 @@
+"""The identity of a training run: what must be equal for a checkpoint to resume.
+
+A checkpoint resumes only when every part is equal: the resolved params of each section the
+stage reads, the content of each input file, the code the stage runs (the digest of its import
+closure, :mod:`gptst.code_closure`) and the device. Each part is a separate entry, so a refused
+resume says which part differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from gptst.code_closure import code_digest
+from gptst.io import sha256_file
+from gptst.params import Params
+
+
+def section_digest(params: Params, dotted: str) -> str:
+    """sha256 of one resolved params value (``seed``, ``windows``, ``finetune.common``)."""
+    value: Any = params.model_dump(mode="json")
+    for key in dotted.split("."):
+        value = value[key]
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def content_digest(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (names and contents, in sorted order)."""
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0" + sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def run_identity(
+    params: Params,
+    sections: Iterable[str],
+    *,
+    inputs: Mapping[str, Path | None],
+    code: Iterable[Path | str],
+    device: str,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The parts of a run's identity: ``params.<section>``, ``input.<name>``, ``code``, ``device``.
+
+    ``inputs`` maps a name to a file or folder (None: the stage has no such input); ``code`` are
+    the entry files of the code the run executes (the stage script, a baseline's module).
+    """
+    identity = {f"params.{s}": section_digest(params, s) for s in sections}
+    identity |= {f"input.{name}": content_digest(Path(p)) for name, p in inputs.items() if p is not None}
+    identity["code"] = code_digest(code)
+    identity["device"] = device.split(":")[0]  # the type: every DDP rank has the same identity
+    identity |= dict(extra or {})
+    return identity

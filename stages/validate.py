@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"validate: {len(report.zero_node_ids)} nodes are zero at every step: {report.zero_node_ids[:10]} ..."
             )
         if not report.success:
-            raise InvalidDataError(args.series, None, f"validation failed:\n{report.message}")
+            raise InvalidDataError(args.series, None, report.message)
 
     return run_stage(body)
 

@@ -95,6 +95,9 @@ def make_clone(root: Path, **params) -> Clone:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GPTST_"))}
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        # The clone runs its own library (ahead of the venv's editable install of this checkout),
+        # so an edit to the clone's source is the code that runs.
+        PYTHONPATH=str(root / "src"),
         DVC_NO_ANALYTICS="1",
         DVC_SITE_CACHE_DIR=str(root / ".dvc" / "site-cache"),
         **GIT_IDENTITY,

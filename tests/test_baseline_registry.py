@@ -87,6 +87,15 @@ def _run(code: str) -> str:
 
 
 # --------------------------------------------------------------------------------- the registry
+def finetune_args(project, baseline: str, out, reports) -> list[str]:
+    """The finetune stage's command line for the plain variant of ``baseline`` in ``project``."""
+    return [
+        "--params", str(project / "params.yaml"), "--baseline", baseline, "--variant", "plain",
+        "--series", str(project / "series.parquet"), "--adjacency", str(project / "adjacency.npz"),
+        "--out", str(out), "--state", str(project / "state"), "--reports", str(reports),
+    ]  # fmt: skip
+
+
 def test_the_registry_imports_one_baseline_module_only_when_asked_for_it():
     """Importing the package or its registry imports no baseline; asking for gwn imports gwn alone,
     so a finetune item's code is its own baseline's; params imports no model at all."""
@@ -193,26 +202,7 @@ def test_a_run_time_baseline_trains_through_the_finetune_stage(project, toy, cap
     assert resolved["finetune"]["common"]["epochs"] == 1  # the tiny preset's
 
     out, reports = project / "out", project / "reports"
-    code = finetune_stage.main(
-        [
-            "--params",
-            str(project / "params.yaml"),
-            "--baseline",
-            toy,
-            "--variant",
-            "plain",
-            "--series",
-            str(project / "series.parquet"),
-            "--adjacency",
-            str(project / "adjacency.npz"),
-            "--out",
-            str(out),
-            "--state",
-            str(project / "state"),
-            "--reports",
-            str(reports),
-        ]
-    )
+    code = finetune_stage.main(finetune_args(project, toy, out, reports))
     assert code == 0, capsys.readouterr().err
     assert f"finetune {toy}/plain: best epoch" in capsys.readouterr().out
 
@@ -232,26 +222,7 @@ def test_the_finetune_stage_refuses_a_bad_baseline_section_with_exit_code_2(proj
     raw = yaml.safe_load((project / "params.yaml").read_text())
     raw["baselines"][toy]["hiden"] = 6
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
-    code = finetune_stage.main(
-        [
-            "--params",
-            str(project / "params.yaml"),
-            "--baseline",
-            toy,
-            "--variant",
-            "plain",
-            "--series",
-            str(project / "series.parquet"),
-            "--adjacency",
-            str(project / "adjacency.npz"),
-            "--out",
-            str(project / "out"),
-            "--state",
-            str(project / "state"),
-            "--reports",
-            str(project / "reports"),
-        ]
-    )
+    code = finetune_stage.main(finetune_args(project, toy, project / "out", project / "reports"))
     assert code == 2 and "baselines.toy.hiden: unknown key" in capsys.readouterr().err
     assert finetune_params_stage.main(["--params", str(project / "params.yaml"), "--out", str(project / "f.yaml")]) == 2
     assert not (project / "f.yaml").exists()

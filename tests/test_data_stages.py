@@ -103,7 +103,7 @@ def test_the_raw_metr_la_slice_validates_with_the_default_thresholds(raw100: Pro
 def test_a_per_node_missing_threshold_of_half_blocks_and_names_sensor_718072(raw100: Project, capsys):
     raw100.raw["dataset"]["max_missing_per_node"] = 0.5
     raw100.set()
-    assert raw100.all() == [0, 0, 1]
+    assert raw100.all() == [0, 0, 3]  # 3: invalid data (gptst.errors)
     err = capsys.readouterr().err
     assert "718072" in err and "missing_share" in err
     assert "759602" not in err  # 33% missing: under the threshold
@@ -131,7 +131,7 @@ def test_defective_series_pass_ingest_and_are_blocked_by_validate(
     tmp_path: Path, capsys, defect, expectation: str, named: str
 ):
     project = Project(tmp_path, write_week_variant(tmp_path / "bad.h5", defect), WEEK_DIR / "adj_mx.pkl")
-    assert project.all() == [0, 0, 1]
+    assert project.all() == [0, 0, 3]  # 3: invalid data (gptst.errors)
     err = capsys.readouterr().err
     assert err.startswith("error: validation failed") and named in err
     result = json.loads((project.reports / "gx_result.json").read_text())
@@ -154,7 +154,7 @@ def test_a_gap_is_reported_with_its_count_and_first_positions(tmp_path: Path):
     project = Project(
         tmp_path, write_week_variant(tmp_path / "gap.h5", lambda f: f.drop(f.index[100:103])), WEEK_DIR / "adj_mx.pkl"
     )
-    assert project.all() == [0, 0, 1]
+    assert project.all() == [0, 0, 3]  # 3: invalid data (gptst.errors)
     assert json.loads((project.reports / "metrics.json").read_text())["gaps"] == 1
     summary = (project.reports / "summary.md").read_text()
     assert "2012-03-01 08:35:00" in summary  # the first step after the 3 dropped ones

@@ -26,7 +26,9 @@ from .conftest import REPO_ROOT
 from .pipeline_clone import GIT_IDENTITY, Clone, make_clone
 
 DATASET = "metr-la-week"
+# finetune_params (the resolved baseline params) depends on no data: DVC orders it first.
 STAGES = [
+    "finetune_params",
     "ingest",
     "adjacency",
     "validate",
@@ -692,7 +694,8 @@ def test_a_worker_workspace_gets_its_inputs_only_from_the_dvc_remote(orchestrate
     tracked = subprocess.run(
         ["git", "ls-files", "models", "data/processed"], cwd=worker, capture_output=True, text=True, check=True
     ).stdout.split()
-    assert all(f.endswith(".gitignore") for f in tracked)
+    # git holds DVC's .gitignore files and the resolved finetune params (uncached, like dvc.lock) only
+    assert all(f.endswith((".gitignore", "/finetune_params.yaml")) for f in tracked)
     encoder = f"models/{DATASET}/encoder.pt"
     assert (worker / encoder).read_bytes() == (workspace.root / encoder).read_bytes()
     assert (worker / "models" / DATASET / "finetune/tgcn/gptst/model.pt").read_bytes() == orchestrated["model"]
@@ -707,9 +710,10 @@ def test_the_parent_restores_the_workers_item_and_retrains_nothing(orchestrated)
     run-cache, and a later `dvc repro` of it runs nothing."""
     summary = orchestrated["scale_out"]
     assert summary["params_changed"] == {"baselines.tgcn.dropout": 0.1}
-    assert list(summary["stages"]) == ["ingest", "adjacency", "validate", "pretrain", "encode", ITEM]
+    inputs = ("finetune_params", "ingest", "adjacency", "validate", "pretrain", "encode")
+    assert list(summary["stages"]) == [*inputs, ITEM]
     assert summary["stages"][ITEM] == "restored"
-    assert {summary["stages"][s] for s in ("ingest", "adjacency", "validate", "pretrain", "encode")} == {"unchanged"}
+    assert {summary["stages"][s] for s in inputs} == {"unchanged"}
     assert summary["left_out"] == ["evaluate", "promote"] and summary["artifacts"] == {}
     assert "Running stage" not in orchestrated["repro_after"]
 
@@ -756,7 +760,7 @@ def test_invalid_data_fails_the_retrain_at_validate_and_registers_nothing(invali
     retried), no training task starts, no model version is registered."""
     assert invalid_data_run["state"].is_failed()
     states = {r.name: r for r in invalid_data_run["task_runs"]}
-    assert [r.name for r in invalid_data_run["task_runs"]][1:] == ["ingest", "adjacency", "validate"]
+    assert [r.name for r in invalid_data_run["task_runs"]][1:] == ["finetune_params", "ingest", "adjacency", "validate"]
     assert states["ingest"].state.is_completed() and states["adjacency"].state.is_completed()
     assert states["validate"].state.is_failed() and states["validate"].run_count == 1
     assert "non-finite" in task_log(states["validate"].id) or "nonfinite" in task_log(states["validate"].id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -133,7 +134,8 @@ def test_defective_series_pass_ingest_and_are_blocked_by_validate(
     project = Project(tmp_path, write_week_variant(tmp_path / "bad.h5", defect), WEEK_DIR / "adj_mx.pkl")
     assert project.all() == [0, 0, 3]  # 3: invalid data (gptst.errors)
     err = capsys.readouterr().err
-    assert err.startswith("error: validation failed") and named in err
+    assert re.search(r"^error: \S+series\.parquet: validation failed: \d+ blocking expectation\(s\) failed$", err, re.M)
+    assert named in err
     result = json.loads((project.reports / "gx_result.json").read_text())
     failed_columns = {
         r["expectation_config"]["kwargs"].get("column")

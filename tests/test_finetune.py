@@ -182,23 +182,28 @@ def test_the_metrics_json_follows_the_contract(trained, tmp_path):
     assert all(set(row) == {"mae", "rmse", "mape"} for row in doc["horizons"].values())
 
 
+def save_tgcn(path, result, data, params, series):
+    """The forecaster bundle of a trained T-GCN result on the week."""
+    return save_forecaster_bundle(
+        path,
+        result.forecaster,
+        baseline="tgcn",
+        baseline_params=baseline_config(params, "tgcn").model_dump(mode="json"),
+        scaler=data.scaler,
+        graph=data.graph,
+        channels=series.channels,
+        t_in=12,
+        t_out=12,
+        freq=series.freq,
+        dataset="metr-la-week",
+    )
+
+
 def test_the_forecaster_bundle_forecasts_alone(trained, data, params, series, tmp_path):
     """Saved with its scaler, node ids and graph, a bundle reloads into the same forecasts."""
     for variant in ("calendar", "gptst"):
         result, _ = trained[variant]
-        path = save_forecaster_bundle(
-            tmp_path / f"{variant}.pt",
-            result.forecaster,
-            baseline="tgcn",
-            baseline_params=baseline_config(params, "tgcn").model_dump(mode="json"),
-            scaler=data.scaler,
-            graph=data.graph,
-            channels=series.channels,
-            t_in=12,
-            t_out=12,
-            freq=series.freq,
-            dataset="metr-la-week",
-        )
+        path = save_tgcn(tmp_path / f"{variant}.pt", result, data, params, series)
         loaded = load_forecaster(path)
         assert (loaded.baseline, loaded.variant, loaded.node_ids) == ("tgcn", variant, series.node_ids)
         _, pred = predict_windows(loaded.forecaster, data, data.splits.test, 64, keep=True)
@@ -327,19 +332,7 @@ def test_gptst_predict_forecasts_a_split_from_a_bundle_alone(trained, data, para
     from gptst.evaluation.predictions import read_predictions
 
     result, _ = trained["calendar"]
-    model = save_forecaster_bundle(
-        tmp_path / "model.pt",
-        result.forecaster,
-        baseline="tgcn",
-        baseline_params=baseline_config(params, "tgcn").model_dump(mode="json"),
-        scaler=data.scaler,
-        graph=data.graph,
-        channels=series.channels,
-        t_in=12,
-        t_out=12,
-        freq=series.freq,
-        dataset="metr-la-week",
-    )
+    model = save_tgcn(tmp_path / "model.pt", result, data, params, series)
     parquet = write_series(tmp_path / "series.parquet", series)
     code = main(
         [

@@ -1,5 +1,6 @@
 """STGCN baseline (BASELINES.md): two ST-Conv blocks (gated temporal conv, Chebyshev graph conv,
-temporal conv, layer norm) and an output layer; GPT-ST keeps the time axis with 'same' padding."""
+temporal conv, layer norm) with 'same' padding as in GPT-ST, and an output layer whose head spans
+the whole window, so every forecast step reads the latest readings."""
 
 from __future__ import annotations
 
@@ -52,18 +53,17 @@ def test_forward_backward_on_real_windows_reaches_every_parameter(week, in_dim):
 
 @pytest.mark.parametrize(("in_steps", "out_steps"), [(6, 6), (6, 3), (12, 6), (24, 12)])
 def test_other_window_lengths(week, in_steps, out_steps):
-    """Equal lengths keep the time-aligned output layer; otherwise the output layer's gated
-    convolution spans the whole input window and the head emits every output step at once."""
+    """Any window lengths: the head's kernel is the input length and it emits every output step at once."""
     x, y, scaler = week_windows(week, windows=4, t_in=in_steps, t_out=out_steps, nodes=NODES)
     model = _build(week, in_steps=in_steps, out_steps=out_steps)
-    assert model.output.time_aligned == (in_steps == out_steps)
+    assert model.output.head.kernel_size == (in_steps, 1)
     assert_forward_backward(model, x, y, scaler)
 
 
-def test_same_padding_keeps_the_time_axis_and_output_step_t_reads_input_steps_near_t(week):
-    """Both ST-Conv blocks leave 12 steps (no 'valid' shrinking), and with 12 -> 12 the output
-    step t is predicted from the features at input step t: five kernel-3 temporal convolutions
-    (two per block, one in the output layer) make it depend on input steps t-5 .. t+5 exactly."""
+def test_same_padding_keeps_the_time_axis_and_every_forecast_step_reads_every_input_step(week):
+    """Both ST-Conv blocks leave 12 steps (no 'valid' shrinking), and each of the 12 forecast
+    steps depends on all 12 input steps: the one-step-ahead forecast sees the latest reading
+    (GPT-ST's time-aligned head made step 1 read input steps 1-6 only, the oldest)."""
     model = _build(week).eval()
     x, _, _ = week_windows(week, windows=2, nodes=NODES)
     h = x.permute(0, 3, 1, 2)
@@ -75,8 +75,7 @@ def test_same_padding_keeps_the_time_axis_and_output_step_t_reads_input_steps_ne
         inputs = x.clone().requires_grad_(True)
         model(inputs)[:, t].sum().backward()
         influenced = inputs.grad.abs().sum(dim=(0, 2, 3)) > 0
-        expected = (torch.arange(12) - t).abs() <= 5
-        assert torch.equal(influenced, expected), f"output step {t} reads input steps {influenced.nonzero().ravel()}"
+        assert influenced.all(), f"output step {t} reads input steps {influenced.nonzero().ravel()} only"
 
 
 def test_graph_convolution_uses_chebyshev_polynomials_of_the_scaled_laplacian(week):
@@ -96,11 +95,13 @@ def test_overfits_eight_fixed_windows(week):
 
 
 def test_reference_parameter_count():
-    """Default params at PEMS08 (N=170, 12 -> 12): 277,697 (in_dim 64) and 263,521 (in_dim 1),
-    exactly the GPT-ST repo's counts; the 14,176 difference is the first block's wider gated
-    convolution (63 x 3 x 64 = 12,096) and the 1x1 convolution narrowing 64 residual channels
-    to 32 (2,080), which a single input channel zero-pads instead."""
-    assert assert_reference_parameter_count("stgcn", GPTST_REPO_COUNTS) == (277_697, 263_521)
+    """Default params at PEMS08 (N=170, 12 -> 12): 296,012 (in_dim 64) and 281,836 (in_dim 1)
+    against the GPT-ST repo's 277,697 and 263,521 (+6.6% / +6.9%). The whole difference is the
+    head: it collapses the 12 steps (kernel 12 x 128 channels -> 12 forecast steps, 18,444
+    weights) where the repo's 1x1 conv maps 128 channels to one step (129). Between in_dims the
+    14,176 difference is the repo's: the first block's wider gated convolution (63 x 3 x 64 =
+    12,096) and the 1x1 convolution narrowing 64 residual channels to 32 (2,080)."""
+    assert assert_reference_parameter_count("stgcn", GPTST_REPO_COUNTS) == (296_012, 281_836)
 
 
 def test_eval_mode_is_deterministic(week):

@@ -2,13 +2,15 @@
 
 Two ST-Conv blocks ("sandwich": gated temporal conv, Chebyshev graph conv, temporal conv, layer
 norm over nodes x channels), then the output layer (gated temporal conv, layer norm, sigmoid 1x1
-conv, 1x1 conv to the output channels). As in GPT-ST's port, temporal convolutions use 'same'
-padding, so the time axis keeps its length through the blocks and, when ``out_steps ==
-in_steps``, the output layer predicts step ``t`` from the features at input step ``t``.
+conv, and a head that collapses the whole window into ``out_steps x out_dim`` channels). As in
+GPT-ST's port, temporal convolutions use 'same' padding, so the time axis keeps its length
+through the blocks.
 
-When ``out_steps != in_steps`` the output layer is the paper's: its gated temporal conv spans the
-whole window (kernel ``in_steps``, no padding) down to one step, and the final 1x1 conv emits
-``out_steps x out_dim`` channels (for ``out_steps == 1`` exactly the paper's single-step layer).
+The head differs from GPT-ST's port on purpose: the port predicts output step ``t`` from the
+features at input step ``t``, so the one-step-ahead forecast never sees the latest readings (its
+test MAE was flat at the horizon-12 level on every step). Here each forecast step reads the whole
+window, as the paper's output layer does (a temporal conv over all remaining steps); it costs
+``in_steps x out_steps`` times the head's weights (+6.6% parameters at the reference size).
 
 The graph convolution uses ``[T_0 .. T_{K-1}]`` of the scaled normalized Laplacian
 ``2 L / lambda_max - I`` with ``L = I - D^-1/2 A D^-1/2`` (the paper's formula; GPT-ST's helper
@@ -117,32 +119,27 @@ class STConvBlock(nn.Module):
 
 
 class OutputLayer(nn.Module):
-    """Gated temporal conv -> layer norm -> sigmoid 1x1 temporal conv -> 1x1 conv to predictions.
+    """Gated temporal conv -> layer norm -> sigmoid 1x1 conv -> a head spanning the whole window.
 
-    ``out_steps == in_steps``: 'same' kernel ``kernel_t``, one prediction per step (GPT-ST).
-    Otherwise: kernel ``in_steps`` without padding to one step, then ``out_steps x out_dim``
-    channels (the paper's output layer with a multi-step head).
+    The head is the paper's collapsing temporal convolution (kernel ``in_steps``, no padding) to
+    ``out_steps x out_dim`` channels, so every forecast step reads every input step, the latest
+    included. GPT-ST's port instead predicts step ``t`` from the features at input step ``t``
+    ('same' padding throughout), which makes horizon 1 depend on the oldest six readings only:
+    its MAE then stays at the horizon-12 level for every step.
     """
 
     def __init__(
         self, num_nodes: int, channels: int, in_steps: int, out_steps: int, out_dim: int, kernel_t: int
     ) -> None:
         super().__init__()
-        self.time_aligned = out_steps == in_steps
         self.out_steps, self.out_dim = out_steps, out_dim
-        if self.time_aligned:
-            self.temporal = TemporalConv(kernel_t, channels, channels, "glu", padding="same")
-        else:
-            self.temporal = TemporalConv(in_steps, channels, channels, "glu", padding="valid")
+        self.temporal = TemporalConv(kernel_t, channels, channels, "glu", padding="same")
         self.norm = nn.LayerNorm((num_nodes, channels))
         self.gate = TemporalConv(1, channels, channels, "sigmoid")
-        head_channels = out_dim if self.time_aligned else out_steps * out_dim
-        self.head = nn.Conv2d(channels, head_channels, kernel_size=1)
+        self.head = nn.Conv2d(channels, out_steps * out_dim, kernel_size=(in_steps, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T_in, N] -> [B, T_out, N, out_dim]
-        out = self.head(self.gate(_node_channel_norm(self.norm, self.temporal(x))))
-        if self.time_aligned:
-            return out.permute(0, 2, 3, 1)
+        out = self.head(self.gate(_node_channel_norm(self.norm, self.temporal(x))))  # [B, T_out * D, 1, N]
         batch, _, _, nodes = out.shape
         return out.reshape(batch, self.out_steps, self.out_dim, nodes).transpose(2, 3)
 
@@ -153,7 +150,7 @@ class StgcnConfig(BaselineConfig):
 
     cheb_k: int = Field(3, ge=1)
     kernel_t: int = Field(3, ge=1)
-    output_kernel_t: int = Field(3, ge=1, description="output layer's temporal kernel when T_out == T_in")
+    output_kernel_t: int = Field(3, ge=1, description="the output layer's gated temporal kernel ('same' padding)")
     block_channels: list[list[int]] = [[32, 64], [32, 128]]
 
     @field_validator("block_channels")

@@ -1,7 +1,8 @@
 """DVC stage `evaluate`: every baseline x variant compared on the test split.
 
 The comparison, DVC metrics, plots data and figures are :func:`gptst.evaluation.run.evaluate`'s;
-this stage logs them to one MLflow run and prints the table.
+this stage logs them to one MLflow run, each reference forecast (persistence, historical average)
+to a run of its own with the finetune runs' metric names, and prints the table.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import argparse
 from pathlib import Path
 
 from gptst.data.series import load_series, read_series_metadata
+from gptst.evaluation.reference import REFERENCE_VARIANT
 from gptst.evaluation.run import evaluate
+from gptst.metrics import mlflow_metric_keys
 from gptst.params import load_params
 from gptst.stage import run_stage
 from gptst.tracking import log_stage_run
@@ -28,10 +31,20 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         params = load_params(args.params)
         result = evaluate(params, load_series(args.series), models=args.models, reports=args.reports, out=args.out)
+        sha = read_series_metadata(args.series).get("source_sha256", "")
+        for name, table in result.references.items():
+            log_stage_run(
+                "reference",
+                params,
+                dataset_sha256=sha,
+                sections=("metrics",),
+                tags={"baseline": name, "variant": REFERENCE_VARIANT},
+                metrics=mlflow_metric_keys("test", table),
+            )
         run_id = log_stage_run(
             "evaluate",
             params,
-            dataset_sha256=read_series_metadata(args.series).get("source_sha256", ""),
+            dataset_sha256=sha,
             sections=("metrics",),
             metrics=result.mlflow_metrics(),
             artifacts=[args.out / "comparison.csv", args.out / "comparison.md", *result.figures],

@@ -307,7 +307,7 @@ BASELINES = {"gwn": 1.0, "stgcn": 1.3}
 
 class Project:
     """A params.yaml, the real week series and finetune outputs of 2 baselines x 4 variants
-    (truth plus Gaussian noise, the scale set per variant) on the first 120 test windows."""
+    (truth plus Gaussian noise, the scale set per variant) on every test window."""
 
     def __init__(self, root: Path, week: SeriesData) -> None:
         self.root = root
@@ -329,7 +329,7 @@ class Project:
         self.models = root / "models" / "metr-la-week" / "finetune"
         self.reports = root / "reports" / "metr-la-week" / "finetune"
         self.out = root / "reports" / "metr-la-week"
-        starts = _test_starts(week, limit=120)
+        starts = _test_starts(week)
         truth = week.values[starts[:, None] + 12 + np.arange(T_OUT)]
         rng = np.random.default_rng(0)
         self.expected: dict[tuple[str, str], dict] = {}
@@ -382,15 +382,19 @@ def test_the_stage_writes_the_comparison_metrics_plots_and_figures(stage):
 
     assert code == 0
     comparison = pd.read_csv(project.out / "comparison.csv", dtype={"horizon": str})
-    assert len(comparison) == 2 * 4 * 4 and tuple(comparison.columns) == COMPARISON_COLUMNS
-    for row in comparison.itertuples():
+    assert len(comparison) == (2 * 4 + 2) * 4 and tuple(comparison.columns) == COMPARISON_COLUMNS
+    models = comparison[comparison.variant != "reference"]
+    for row in models.itertuples():
         assert row.mae == project.expected[row.baseline, row.variant][row.horizon]["mae"]
+    references = comparison[comparison.variant == "reference"]
+    assert list(dict.fromkeys(references.baseline)) == ["persistence", "historical_average"]
+    assert (references[references.baseline == "persistence"].mae_vs_persistence == 0).all()
     markdown = (project.out / "comparison.md").read_text()
     assert markdown.strip() in printed and "### Horizon 12" in markdown and "gptst better in" in markdown
     for name in ("horizon_mae.png", "mae_by_time_of_day.png", "forecast_gwn.png", "forecast_stgcn.png"):
         assert (project.out / "figures" / name).read_bytes()[:8] == PNG_MAGIC, name
     horizon = pd.read_csv(evaluate / "horizon_mae.csv")
-    assert list(horizon.columns) == ["baseline", "variant", "step", "mae"] and len(horizon) == 2 * 4 * T_OUT
+    assert list(horizon.columns) == ["baseline", "variant", "step", "mae"] and len(horizon) == (2 * 4 + 2) * T_OUT
     by_hour = pd.read_csv(evaluate / "mae_by_time_of_day.csv")
     by_sensor = pd.read_csv(evaluate / "mae_by_sensor.csv", dtype={"node_id": str})
     assert set(zip(by_hour.baseline, by_hour.variant, strict=True)) == set(project.expected)
@@ -406,14 +410,14 @@ def test_the_stage_metrics_hold_averages_and_the_bootstrap_of_gptst_against_plai
     project, _, _ = stage
     metrics = json.loads((project.out / "evaluate" / "metrics.json").read_text())
 
-    assert set(metrics) == set(BASELINES)
+    assert set(metrics) == {*BASELINES, "persistence", "historical_average"}
     assert metrics["stgcn"]["calendar"] == pytest.approx(project.expected["stgcn", "calendar"]["avg"])
     for baseline in BASELINES:
         boot = metrics[baseline]["gptst_vs_plain"]
         gain = project.expected[baseline, "gptst"]["avg"]["mae"] - project.expected[baseline, "plain"]["avg"]["mae"]
         assert boot["diff"] == pytest.approx(gain)
         assert boot["diff_low"] <= gain <= boot["diff_high"] < 0
-        assert boot["share_better"] == 1.0 and boot["n_windows"] == 120 and boot["n_resamples"] == 2000
+        assert boot["share_better"] == 1.0 and boot["n_windows"] == 380 and boot["n_resamples"] == 2000
 
 
 def test_missing_variants_are_shown_as_missing_and_skip_the_bootstrap(stage, tmp_path, capsys):
@@ -459,3 +463,21 @@ def test_bad_metrics_fail_naming_file_and_field_and_keep_the_previous_outputs(st
     err = capsys.readouterr().err
     assert f"{path}: {field}:" in err
     assert (out / "comparison.csv").read_bytes() == before
+
+
+def test_the_stage_logs_each_reference_forecast_as_a_run_with_the_finetune_metric_names(stage):
+    """One MLflow run per reference forecast, tagged baseline=<name>, variant=reference, with
+    test_mae_avg etc. equal to the comparison's rows."""
+    import mlflow
+
+    project, _, _ = stage
+    comparison = pd.read_csv(project.out / "comparison.csv", dtype={"horizon": str})
+    runs = mlflow.search_runs(
+        experiment_names=["gptst-metr-la-week"], filter_string="tags.variant = 'reference'", output_format="list"
+    )
+    by_name = {run.data.tags["baseline"]: run for run in runs}
+    assert set(by_name) >= {"persistence", "historical_average"}
+    for name, run in by_name.items():
+        row = comparison[(comparison.baseline == name) & (comparison.horizon == "avg")].iloc[0]
+        assert run.data.metrics["test_mae_avg"] == pytest.approx(row.mae)
+        assert "test_rmse_h12" in run.data.metrics

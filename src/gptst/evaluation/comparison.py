@@ -17,10 +17,14 @@ from typing import Any
 import pandas as pd
 
 from gptst.errors import InputError
+from gptst.evaluation.reference import PERSISTENCE, REFERENCE_VARIANT
 from gptst.layout import VARIANTS
 from gptst.metrics import AVG_KEY, METRIC_NAMES
 
-COMPARISON_COLUMNS = ("baseline", "variant", "horizon", *METRIC_NAMES)
+# Model rows are (baseline, variant); reference forecasts are rows (persistence | historical_average, "reference").
+ROW_VARIANTS = (*VARIANTS, REFERENCE_VARIANT)
+VS_PERSISTENCE = "mae_vs_persistence"
+COMPARISON_COLUMNS = ("baseline", "variant", "horizon", *METRIC_NAMES, VS_PERSISTENCE)
 METRICS_FILE = "metrics.json"
 MISSING = "—"
 # The variants gptst's MAE is compared against in the wide table, with their column titles.
@@ -106,15 +110,21 @@ def _number(value: Any) -> float:
 def comparison_frame(docs: Sequence[Mapping[str, Any]], horizons: Sequence[int]) -> pd.DataFrame:
     """Long form: one row per baseline x variant x horizon (``"3"``, ..., then ``"avg"``).
 
-    Columns ``baseline, variant, horizon, mae, rmse, mape`` (MAPE in percent, NaN for null).
-    Baselines keep their order in ``docs``, variants follow :data:`VARIANTS`.
+    Columns ``baseline, variant, horizon, mae, rmse, mape, mae_vs_persistence`` (MAPE in percent,
+    NaN for null; the last is the relative change of MAE against persistence at that horizon, NaN
+    without a persistence row). Reference forecasts are docs with variant ``"reference"``.
+    Baselines keep their order in ``docs`` (references after the models), variants follow
+    :data:`VARIANTS`.
     """
     keys = [str(int(h)) for h in horizons] + [AVG_KEY]
-    baseline_order = list(dict.fromkeys(doc["baseline"] for doc in docs))
-    unknown = sorted({doc["variant"] for doc in docs} - set(VARIANTS))
+    unknown = sorted({doc["variant"] for doc in docs} - set(ROW_VARIANTS))
     if unknown:
-        raise ValueError(f"unknown variants {unknown}; variants are {list(VARIANTS)}")
-    ordered = sorted(docs, key=lambda d: (baseline_order.index(d["baseline"]), VARIANTS.index(d["variant"])))
+        raise ValueError(f"unknown variants {unknown}; variants are {list(VARIANTS)} and {REFERENCE_VARIANT!r}")
+    docs = [d for d in docs if d["variant"] != REFERENCE_VARIANT] + [
+        d for d in docs if d["variant"] == REFERENCE_VARIANT
+    ]
+    baseline_order = list(dict.fromkeys(doc["baseline"] for doc in docs))
+    ordered = sorted(docs, key=lambda d: (baseline_order.index(d["baseline"]), ROW_VARIANTS.index(d["variant"])))
     rows = [
         {
             "baseline": doc["baseline"],
@@ -125,8 +135,14 @@ def comparison_frame(docs: Sequence[Mapping[str, Any]], horizons: Sequence[int])
         for doc in ordered
         for key in keys
     ]
-    frame = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
-    return frame.astype({m: "float64" for m in METRIC_NAMES})
+    frame = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS[:-1]))
+    persistence = frame[(frame["baseline"] == PERSISTENCE) & (frame["variant"] == REFERENCE_VARIANT)]
+    reference_mae = dict(zip(persistence["horizon"], persistence["mae"].astype("float64"), strict=True))
+    frame[VS_PERSISTENCE] = [
+        relative_change(float(mae), reference_mae.get(h, float("nan")))
+        for mae, h in zip(frame["mae"], frame["horizon"], strict=True)
+    ]
+    return frame.astype({m: "float64" for m in (*METRIC_NAMES, VS_PERSISTENCE)})
 
 
 def relative_change(value: float, reference: float) -> float:
@@ -164,11 +180,20 @@ def comparison_markdown(frame: pd.DataFrame, title: str | None = None) -> str:
 
     Each variant's cell is ``MAE/RMSE/MAPE`` (MAPE in percent); the ``vs ...`` columns give the relative change
     of gptst's MAE against plain, calendar and gptst_random in percent (negative: gptst is better).
-    A variant without results shows as ``—``, and so do the changes that would need it.
+    Below each, the reference forecasts' cells; at the end, every variant's relative change of
+    average MAE against persistence. A variant without results shows as ``—``, and so do the
+    changes that would need it.
     """
-    baselines = list(dict.fromkeys(frame["baseline"]))
+    models = frame[frame["variant"] != REFERENCE_VARIANT]
+    references = list(dict.fromkeys(frame.loc[frame["variant"] == REFERENCE_VARIANT, "baseline"]))
+    baselines = list(dict.fromkeys(models["baseline"]))
     horizons = list(dict.fromkeys(frame["horizon"]))
     by_key = {(r.baseline, r.variant, r.horizon): r for r in frame.itertuples(index=False)}
+
+    def cell(baseline: str, variant: str, horizon: str) -> str:
+        r = by_key.get((baseline, variant, horizon))
+        return MISSING if r is None else f"{_fmt(r.mae)}/{_fmt(r.rmse)}/{_fmt(r.mape)}"
+
     lines = [f"## {title}", ""] if title else []
     lines.append(
         "Cells: MAE/RMSE/MAPE (%) on the test split. "
@@ -180,17 +205,44 @@ def comparison_markdown(frame: pd.DataFrame, title: str | None = None) -> str:
         header = ["baseline", *VARIANTS, *REFERENCES.values()]
         rows = []
         for baseline in baselines:
-            cells = [baseline]
-            for variant in VARIANTS:
-                r = by_key.get((baseline, variant, horizon))
-                cells.append(MISSING if r is None else f"{_fmt(r.mae)}/{_fmt(r.rmse)}/{_fmt(r.mape)}")
+            cells = [baseline, *(cell(baseline, variant, horizon) for variant in VARIANTS)]
             gptst = by_key.get((baseline, "gptst", horizon))
             for reference in REFERENCES:
                 other = by_key.get((baseline, reference, horizon))
                 change = float("nan") if gptst is None or other is None else relative_change(gptst.mae, other.mae)
                 cells.append(_fmt_change(change))
             rows.append(cells)
-        lines += ["", f"### {heading}", "", *markdown_table(header, rows)]
+        lines += ["", f"### {heading}", ""]
+        if rows:
+            lines += [*markdown_table(header, rows), ""]
+        if references:
+            lines += markdown_table(
+                ["reference forecast", "MAE/RMSE/MAPE"], [[r, cell(r, REFERENCE_VARIANT, horizon)] for r in references]
+            )
+    if baselines and PERSISTENCE in references:
+        lines += [
+            "",
+            "### Against persistence",
+            "",
+            "Relative change of each variant's average MAE against persistence (negative = better than "
+            "repeating each sensor's last reading).",
+            "",
+            *markdown_table(
+                ["baseline", *VARIANTS],
+                [
+                    [
+                        b,
+                        *(
+                            _fmt_change(by_key[(b, v, AVG_KEY)].mae_vs_persistence)
+                            if (b, v, AVG_KEY) in by_key
+                            else MISSING
+                            for v in VARIANTS
+                        ),
+                    ]
+                    for b in baselines
+                ],
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -24,6 +24,7 @@ import torch
 from gptst.data.series import SeriesData
 from gptst.evaluation.breakdown import PEAK_HOURS
 from gptst.evaluation.predictions import Predictions
+from gptst.evaluation.reference import REFERENCE_VARIANT
 from gptst.io import atomic_path
 from gptst.layout import VARIANTS
 from gptst.metrics import valid_mask
@@ -69,16 +70,22 @@ def _variant_order(variants: Sequence[str]) -> list[str]:
 
 
 def plot_horizon_mae(frame: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """MAE against horizon step (``frame``: baseline, variant, step, mae), one panel per baseline."""
-    baselines = list(dict.fromkeys(frame["baseline"]))
+    """MAE against horizon step (``frame``: baseline, variant, step, mae), one panel per baseline;
+    reference forecasts (variant ``reference``) are dashed grey lines in every panel."""
+    is_reference = frame["variant"] == REFERENCE_VARIANT
+    references, models = frame[is_reference], frame[~is_reference]
+    baselines = list(dict.fromkeys(models["baseline"]))
     if not baselines:
         raise ValueError("no horizon MAE to plot")
     fig, axes = _panels(len(baselines))
     for ax, baseline in zip(axes, baselines, strict=False):
-        rows = frame[frame["baseline"] == baseline]
+        rows = models[models["baseline"] == baseline]
         for variant in _variant_order(rows["variant"].unique()):
             line = rows[rows["variant"] == variant].sort_values("step")
             ax.plot(line["step"], line["mae"], marker="o", markersize=3, label=variant)
+        for style, name in zip(("--", ":"), dict.fromkeys(references["baseline"]), strict=False):
+            line = references[references["baseline"] == name].sort_values("step")
+            ax.plot(line["step"], line["mae"], linestyle=style, color="0.45", label=name)
         ax.set_title(baseline)
         ax.set_xlabel("horizon step")
         ax.set_ylabel("test MAE (raw units)")

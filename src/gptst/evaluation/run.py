@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from gptst.data.series import SeriesData
+from gptst.data.windows import make_splits
 from gptst.errors import InputError
 from gptst.evaluation.bootstrap import (
     BootstrapResult,
@@ -47,6 +48,7 @@ from gptst.evaluation.figures import (
     plot_mae_by_time_of_day,
 )
 from gptst.evaluation.predictions import Predictions, read_predictions
+from gptst.evaluation.reference import REFERENCE_VARIANT, reference_metrics
 from gptst.io import atomic_path, write_json, write_text
 from gptst.params import Params
 
@@ -60,7 +62,9 @@ def _checked(path: Path, series: SeriesData, t_out: int, starts: np.ndarray | No
     if pred.t_out != t_out:
         raise InputError(path, "pred", f"forecasts {pred.t_out} steps but windows.t_out is {t_out}")
     if starts is not None and not np.array_equal(pred.starts, starts):
-        raise InputError(path, "starts", "other test windows than this baseline's other variants")
+        raise InputError(
+            path, "starts", "other test windows than this params' test split (dataset.split, windows): a stale result?"
+        )
     if len(pred.starts) == 0:
         raise InputError(path, "starts", "no test window")
     first, last = int(pred.starts.min()), int(pred.target_steps().max())
@@ -86,15 +90,17 @@ class Evaluation:
     by_hour: pd.DataFrame
     by_sensor: pd.DataFrame
     bootstraps: dict[str, BootstrapResult]
+    references: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # name: horizon table
     figures: list[Path] = field(default_factory=list)
     absent: list[Path] = field(default_factory=list)
     results: int = 0
 
     def mlflow_metrics(self) -> dict[str, float]:
         """``<baseline>_<variant>_test_<metric>_avg`` and ``<baseline>_gptst_vs_plain_<stat>``, finite only."""
+        models = self.frame[(self.frame["horizon"] == "avg") & (self.frame["variant"] != REFERENCE_VARIANT)]
         metrics = {
             f"{r.baseline}_{r.variant}_test_{m}_avg": float(getattr(r, m))
-            for r in self.frame[self.frame["horizon"] == "avg"].itertuples(index=False)
+            for r in models.itertuples(index=False)
             for m in ("mae", "rmse", "mape")
         }
         for baseline, result in self.bootstraps.items():
@@ -115,7 +121,9 @@ class _Breakdowns:
     by_sensor: list[pd.DataFrame] = field(default_factory=list)
 
 
-def _breakdowns(docs: list[dict], series: SeriesData, models: Path, t_out: int, seed: int) -> _Breakdowns:
+def _breakdowns(
+    docs: list[dict], series: SeriesData, models: Path, t_out: int, seed: int, test_starts: np.ndarray
+) -> _Breakdowns:
     """Per baseline, one variant's forecasts in memory at a time: error sums, traces, bootstrap."""
     out = _Breakdowns()
     for baseline in dict.fromkeys(d["baseline"] for d in docs):
@@ -123,9 +131,7 @@ def _breakdowns(docs: list[dict], series: SeriesData, models: Path, t_out: int, 
         view: ForecastView | None = None
         traces: dict[str, np.ndarray] = {}
         for variant in [d["variant"] for d in docs if d["baseline"] == baseline]:
-            pred = _checked(
-                models / baseline / variant / PREDICTIONS_FILE, series, t_out, None if view is None else view.starts
-            )
+            pred = _checked(models / baseline / variant / PREDICTIONS_FILE, series, t_out, test_starts)
             sums[variant] = error_sums(pred, series)
             if view is None:
                 view = forecast_view(pred, series)
@@ -148,12 +154,27 @@ def evaluate(params: Params, series: SeriesData, *, models: Path, reports: Path,
     )
     if not docs:
         raise InputError(reports, None, f"no finetune results for baselines {params.finetune.baselines}")
-    frame = comparison_frame(docs, reported_horizons(params.metrics.horizons, t_out))
+    splits = make_splits(len(series.values), params.dataset.split, params.windows)
+    references = reference_metrics(
+        series,
+        splits.test.starts,
+        t_in=params.windows.t_in,
+        t_out=t_out,
+        train_steps=splits.steps.train,
+        mape_min=params.metrics.mape_threshold(series.kind),
+    )
+    reference_docs = [{"baseline": n, "variant": REFERENCE_VARIANT, "horizons": h} for n, h in references.items()]
+    docs_with_references = docs + reference_docs
+    frame = comparison_frame(docs_with_references, reported_horizons(params.metrics.horizons, t_out))
     horizon_mae = pd.DataFrame(
-        [(d["baseline"], d["variant"], k, d["horizons"][str(k)]["mae"]) for d in docs for k in range(1, t_out + 1)],
+        [
+            (d["baseline"], d["variant"], k, d["horizons"][str(k)]["mae"])
+            for d in docs_with_references
+            for k in range(1, t_out + 1)
+        ],
         columns=["baseline", "variant", "step", "mae"],
     ).astype({"mae": "float64"})
-    parts = _breakdowns(docs, series, models, t_out, params.seed)
+    parts = _breakdowns(docs, series, models, t_out, params.seed, splits.test.starts)
     markdown = comparison_markdown(frame, title=f"{name}: test metrics per baseline and variant")
     if parts.bootstraps:
         markdown += "\n" + bootstrap_markdown(parts.bootstraps)
@@ -165,6 +186,7 @@ def evaluate(params: Params, series: SeriesData, *, models: Path, reports: Path,
         bootstraps=parts.bootstraps,
         by_hour=pd.concat(parts.by_hour) if parts.by_hour else pd.DataFrame(columns=list(TIME_OF_DAY_COLUMNS)),
         by_sensor=pd.concat(parts.by_sensor) if parts.by_sensor else pd.DataFrame(columns=list(SENSOR_COLUMNS)),
+        references=references,
         absent=list(absent),
         results=len(docs),
     )

@@ -28,10 +28,14 @@ export GX_ANALYTICS_ENABLED := false
 # pip's configured extra index folders that do not exist on a machine print one warning each.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help install run lint test ui bench
+# `make run-all`: every default baseline instead of the demonstration's T-GCN alone.
+ALL_BASELINES ?= gwn,stgcn,mtgnn,astgcn,tgcn
+
+.PHONY: help install run run-all lint test ui bench
 
 help:
 	@echo "make run    - install (first time) and run the whole pipeline (dvc repro) on the embedded data"
+	@echo "make run-all - the same with the five baselines gwn, stgcn, mtgnn, astgcn, tgcn (params.yaml edited by dvc exp run)"
 	@echo "make test   - install (first time), lint, and run the test suite"
 	@echo "make lint   - ruff (lint + format check) and mypy (src/gptst); config in pyproject.toml"
 	@echo "make ui     - MLflow UI on http://127.0.0.1:$(UI_PORT)"
@@ -50,6 +54,11 @@ install: $(STAMP)
 
 run: $(STAMP)
 	dvc repro
+	gptst outputs
+
+# dvc exp run -S writes the list into params.yaml (git checkout params.yaml goes back to the demonstration).
+run-all: $(STAMP)
+	dvc exp run -S 'finetune.baselines=[$(ALL_BASELINES)]'
 	gptst outputs
 
 lint: $(STAMP)

@@ -108,23 +108,23 @@ def test_flow_parameters_are_written_into_params_yaml_with_its_comments(params_c
     changed = apply_params(
         params_copy,
         preset="tiny",
-        baselines=["tgcn"],
+        baselines=["tgcn", "gwn"],
         overrides={"dataset.split": {"train": 0.6, "val": 0.2, "test": 0.2}, "dataset.freq": "5min"},
     )
     assert changed == {
         "preset": "tiny",
-        "finetune.baselines": ["tgcn"],
+        "finetune.baselines": ["tgcn", "gwn"],
         "dataset.freq": "5min",
         "dataset.split": {"train": 0.6, "val": 0.2, "test": 0.2},
     }
     params = read_params(params_copy)
-    assert params.preset == "tiny" and params.finetune.baselines == ["tgcn"]
+    assert params.preset == "tiny" and params.finetune.baselines == ["tgcn", "gwn"]
     assert params.dataset.split.train == 0.6 and params.dataset.freq == "5min"
     text = (params_copy / "params.yaml").read_text()
-    assert "baselines: [tgcn]" in text and "# the finetune matrix (DVC reads it from this file)" in text
+    assert "baselines: [tgcn, gwn]" in text and "# The finetune matrix (DVC reads it from this file)" in text
     assert "  bounds: null" in text  # untouched nulls stay `null`
     assert "timeouts_seconds: {default: 3600, pretrain: 172800, finetune: 86400}" in text  # one-line mappings stay
-    assert apply_params(params_copy, preset="tiny", baselines=["tgcn"]) == {}
+    assert apply_params(params_copy, preset="tiny", baselines=["tgcn", "gwn"]) == {}
 
 
 @pytest.mark.parametrize(
@@ -402,7 +402,7 @@ def test_the_pipeline_flow_runs_every_dvc_stage_as_a_task_in_dag_order(pipeline_
     state = pipeline_run["state"]
     assert state.is_completed(), state.message
     summary = state.result()
-    assert summary["params_changed"] == {"finetune.baselines": ["tgcn"], "metrics.horizons": [3, 12]}
+    assert summary["params_changed"] == {"metrics.horizons": [3, 12]}  # tgcn is already the default list
     assert list(summary["stages"]) == STAGES and set(summary["stages"].values()) == {"ran"}
     runs = task_runs_of([state.state_details.flow_run_id])
     assert [r.name for r in runs] == STAGES and all(r.state.is_completed() for r in runs)

@@ -389,7 +389,7 @@ def test_gptst_params_show_prints_the_resolved_baselines(capsys):
     import json
 
     shown = json.loads(capsys.readouterr().out)
-    assert set(shown["baselines"]) == set(shown["finetune"]["baselines"])
+    assert set(shown["finetune"]["baselines"]) <= set(shown["baselines"])  # and those the preset configures
     assert shown["baselines"]["gwn"]["dropout"] == 0.3 and shown["baselines"]["tgcn"]["hidden"] == 32  # cpu preset
 
 

@@ -1,0 +1,106 @@
+"""The accuracy study (bench/accuracy.py) stores each result as it completes and a rerun after a
+stop computes only what is missing; the report carries every seed's rows and the references. Run
+through bench/gpu_protocol.sh --shrink (its CPU mode: the tiny preset on the embedded week)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from .conftest import REPO_ROOT
+
+PROTOCOL = {
+    "study": "test",
+    "study_iteration": 3,
+    "budget_minutes": 30,
+    "seeds": [0],
+    "baselines": ["tgcn"],
+    "variants": ["plain", "gptst"],
+    "quick": {"seeds": [0], "baselines": ["tgcn"]},
+    "preset": "tiny",
+    "overrides": {
+        "pretrain.epochs": 2,
+        "pretrain.max_batches_per_epoch": 2,
+        "finetune.common.max_batches_per_epoch": 2,
+    },
+    "datasets": {"metr-la-week": {"dataset.name": "study-test-week"}},
+}
+
+
+def _study_module():
+    spec = importlib.util.spec_from_file_location("bench_accuracy", REPO_ROOT / "bench" / "accuracy.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_result_is_an_mlflow_run_of_the_study_experiment(tmp_path: Path):
+    """Reference forecasts only (no training): experiment gptst-study-<dataset>, tag study_iteration."""
+    import mlflow
+
+    study = _study_module()
+    protocol = study.Protocol.read(_write(tmp_path), quick=False)
+    store = study.Study(protocol, tmp_path / "results", tmp_path / "work", REPO_ROOT / "params.yaml")
+    params = protocol.params("metr-la-week", 0, REPO_ROOT / "params.yaml")
+    series, _ = store.data("metr-la-week", params)
+    study._references(store, "metr-la-week", params, series, log=True)
+    runs = mlflow.search_runs(experiment_names=["gptst-study-metr-la-week"], output_format="list")
+    assert {r.data.tags["baseline"] for r in runs} >= {"persistence", "historical_average"}
+    assert all(r.data.tags["study_iteration"] == "3" for r in runs)
+
+
+def _write(tmp_path: Path) -> Path:
+    path = tmp_path / "protocol.yaml"
+    path.write_text(yaml.safe_dump(PROTOCOL))
+    return path
+
+
+def _gpu_protocol(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RESULTS": str(tmp_path / "results"), "WORK": str(tmp_path / "work"), "PYTHON": sys.executable}
+    return subprocess.run(
+        ["bash", str(REPO_ROOT / "bench" / "gpu_protocol.sh"), "--shrink", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_the_gpu_protocol_runs_on_cpu_shrunk_and_a_stopped_study_resumes_without_recomputing(tmp_path: Path):
+    """bench/gpu_protocol.sh --shrink (the tiny preset): stopped after its first result (as a kill
+    would), then rerun: the stored result is not recomputed, the other three variants of GWN are,
+    and the accuracy table, accuracy.json and the plot carry all four and the references."""
+    stopped = _gpu_protocol(tmp_path, "--stop-after", "1")
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert "on cpu" in stopped.stdout and "stopped" in stopped.stdout
+    store = tmp_path / "results" / "accuracy" / "gpu-protocol-tiny" / "metr-la-week" / "gwn"
+    first = store / "plain" / "seed0.json"
+    assert first.is_file() and not (store / "calendar" / "seed0.json").exists()
+    stamp, content = first.stat().st_mtime_ns, first.read_bytes()
+
+    resumed = _gpu_protocol(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "3 results computed" in resumed.stdout and "complete" in resumed.stdout
+    assert first.stat().st_mtime_ns == stamp and first.read_bytes() == content
+    for variant in ("plain", "calendar", "gptst", "gptst_random"):
+        assert f"| gwn | {variant} |" in resumed.stdout
+    assert "| gwn | persistence |" in resumed.stdout and "gpu_protocol:" in resumed.stdout
+    doc = json.loads((store / "gptst" / "seed0.json").read_text())
+    assert doc["study_iteration"] == 1 and doc["uptime"].startswith("up ")
+
+    rows = json.loads((tmp_path / "results" / "accuracy.json").read_text())
+    keys = {(r["baseline"], r["variant"], r["horizon"]) for r in rows}
+    assert {("gwn", "plain", "avg"), ("gwn", "gptst_random", "12"), ("persistence", "reference", "3")} <= keys
+    assert all(
+        set(r) == {"study", "dataset", "baseline", "variant", "seed", "horizon", "mae", "rmse", "mape"} for r in rows
+    )
+    assert (tmp_path / "results" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"

@@ -148,10 +148,11 @@ def test_evaluate_writes_the_comparison_of_every_baseline_and_variant(clone: Clo
     import pandas as pd
 
     table = pd.read_csv(clone.root / "reports/metr-la-week/comparison.csv", dtype={"horizon": str})
-    assert list(table.columns) == ["baseline", "variant", "horizon", "mae", "rmse", "mape"]
-    assert len(table) == len(BASELINES) * len(VARIANTS) * 4
+    assert list(table.columns) == ["baseline", "variant", "horizon", "mae", "rmse", "mape", "mae_vs_persistence"]
+    assert len(table) == (len(BASELINES) * len(VARIANTS) + 2) * 4  # + persistence and historical average
     assert set(table["horizon"]) == {"3", "6", "12", "avg"}
-    assert table[["mae", "rmse", "mape"]].notna().all().all()
+    assert table[["mae", "rmse", "mape", "mae_vs_persistence"]].notna().all().all()
+    assert set(table.loc[table.variant == "reference", "baseline"]) == {"persistence", "historical_average"}
     assert "| tgcn" in (clone.root / "reports/metr-la-week/comparison.md").read_text()
     for png in ("horizon_mae.png", "mae_by_time_of_day.png"):
         assert (clone.root / "reports/metr-la-week/figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -196,9 +196,9 @@ def run_dataset(study: Study, dataset: str, *, stop_after: int | None, log: bool
     """Every missing result of ``dataset``; False when the budget or ``stop_after`` stopped it."""
     import torch
 
-    from gptst.models.encoded import EncodedCache, write_encoded
+    from gptst.models.encoded import EncodedCache
     from gptst.models.gptst.bundle import load_encoder
-    from gptst.training.finetune import DownstreamData, finetune
+    from gptst.training.finetune import DownstreamData, cache_encoder, finetune
     from gptst.training.pretrain import pretrain
 
     protocol = study.protocol
@@ -229,17 +229,7 @@ def run_dataset(study: Study, dataset: str, *, stop_after: int | None, log: bool
         data = DownstreamData.prepare(params, series, graph, device)
         cache_dir = folder / "encoded"
         if not (cache_dir / "index.json").is_file():
-            starts = np.concatenate([data.splits[name].starts for name in ("train", "val", "test")])
-            write_encoded(
-                cache_dir,
-                bundle,
-                data.batcher,
-                starts,
-                encoder_sha256="study",
-                max_gb=params.finetune.encoder_cache_max_gb,
-                batch_size=params.finetune.common.batch_size,
-                device=device,
-            )
+            cache_encoder(cache_dir, params, data, bundle, encoder_sha256="study", device=device)
         cache = EncodedCache.open(cache_dir, "study")
         for baseline, variant in todo:
             if study.over_budget() or (stop_after is not None and study.computed >= stop_after):

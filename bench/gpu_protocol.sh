@@ -9,10 +9,11 @@
 #
 # RESULTS and WORK (environment) choose where results and checkpoints go; PYTHON the interpreter.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 args=(--protocol bench/gpu_protocol.yaml --device auto --no-mlflow
-      --results "${RESULTS:-bench/results/gpu}" --work "${WORK:-bench/work/gpu}")
+      --results "${RESULTS:-$ROOT/bench/results/gpu}" --work "${WORK:-$ROOT/bench/work/gpu}")
 if [[ "${1:-}" == "--shrink" ]]; then
   args+=(--preset tiny)
   shift

@@ -10,18 +10,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from gptst.data.series import load_series, read_series_metadata
 from gptst.device import resolve_device
 from gptst.graph.bundle import load_adjacency
 from gptst.io import sha256_file
-from gptst.models.encoded import write_encoded
 from gptst.models.gptst.bundle import check_compatible, load_encoder
 from gptst.params import load_params
 from gptst.stage import run_stage
 from gptst.tracking import log_stage_run
-from gptst.training.finetune import DownstreamData
+from gptst.training.finetune import DownstreamData, cache_encoder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,17 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             source=args.series,
         )
         data = DownstreamData.prepare(params, series, load_adjacency(args.adjacency), device)
-        starts = np.concatenate([data.splits[name].starts for name in ("train", "val", "test")])
-        index = write_encoded(
-            args.out,
-            bundle,
-            data.batcher,
-            starts,
-            encoder_sha256=sha256_file(args.encoder),
-            max_gb=params.finetune.encoder_cache_max_gb,
-            batch_size=params.finetune.common.batch_size,
-            device=device,
-        )
+        index = cache_encoder(args.out, params, data, bundle, encoder_sha256=sha256_file(args.encoder), device=device)
         log_stage_run(
             "encode",
             params,

@@ -27,7 +27,7 @@ from gptst.errors import InputError
 from gptst.graph.bundle import GraphBundle
 from gptst.metrics import HorizonMetricAccumulator, masked_huber, masked_mae
 from gptst.models.baselines.registry import build_baseline
-from gptst.models.encoded import EncodedCache, write_encoded
+from gptst.models.encoded import EncodedCache, EncodedIndex, write_encoded
 from gptst.models.forecaster import ENCODER_VARIANTS, Forecaster, input_dim
 from gptst.models.forecaster_bundle import ForecasterBundle
 from gptst.models.gptst.bundle import EncoderBundle, check_compatible
@@ -282,21 +282,29 @@ def finetune(
     return FinetuneResult(forecaster, fit, val, test, test_pred, np.asarray(splits.test.starts))
 
 
-def _run_cache(
-    folder: Path, params: Params, data: DownstreamData, bundle: EncoderBundle, device: str
-) -> EncodedCache | None:
-    """This run's fp16 cache of ``bundle``'s encoder on every window (None above the cache budget)."""
+def cache_encoder(
+    folder: Path, params: Params, data: DownstreamData, bundle: EncoderBundle, *, encoder_sha256: str, device: str
+) -> EncodedIndex:
+    """The fp16 cache of ``bundle``'s encoder on every train, val and test window of ``data``
+    (an ``on_the_fly`` index only, above ``finetune.encoder_cache_max_gb``)."""
     starts = np.concatenate([data.splits[name].starts for name in ("train", "val", "test")])
-    write_encoded(
-        folder / "encoded",
+    return write_encoded(
+        folder,
         bundle,
         data.batcher,
         starts,
-        encoder_sha256="run",
+        encoder_sha256=encoder_sha256,
         max_gb=params.finetune.encoder_cache_max_gb,
         batch_size=params.finetune.common.batch_size,
         device=device,
     )
+
+
+def _run_cache(
+    folder: Path, params: Params, data: DownstreamData, bundle: EncoderBundle, device: str
+) -> EncodedCache | None:
+    """This run's fp16 cache of ``bundle``'s encoder on every window (None above the cache budget)."""
+    cache_encoder(folder / "encoded", params, data, bundle, encoder_sha256="run", device=device)
     return EncodedCache.open(folder / "encoded", "run")
 
 

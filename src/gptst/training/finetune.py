@@ -176,14 +176,21 @@ def predict_windows(
     *,
     cache: EncodedCache | None = None,
     keep: bool = False,
+    transform: Callable[[Batch], Batch] | None = None,
 ) -> tuple[dict[str, dict[str, float]], np.ndarray | None]:
-    """Metrics per horizon on ``windows`` (and the raw forecasts [W, T_out, N, C] if ``keep``)."""
+    """Metrics per horizon on ``windows`` (and the raw forecasts [W, T_out, N, C] if ``keep``);
+    ``transform`` alters each batch first (a cache is then ignored: its features describe the
+    unaltered input)."""
     accumulator = HorizonMetricAccumulator(data.null_value, data.mape_min)
     kept: list[np.ndarray] = []
     was_training = forecaster.training
     forecaster.eval()
+    if transform is not None:
+        cache = None
     with torch.no_grad():
         for batch in data.batcher.batches(windows, batch_size):
+            if transform is not None:
+                batch = transform(batch)
             pred = forecast(forecaster, data, batch, cache).float()
             accumulator.update(pred, batch.y)
             if keep:

@@ -31,7 +31,7 @@ QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || tru
 # `make run-all`: every default baseline instead of the demonstration's T-GCN alone.
 ALL_BASELINES ?= gwn,stgcn,mtgnn,astgcn,tgcn
 
-.PHONY: help install run run-all lint test ui bench bench-accuracy
+.PHONY: help install run run-all lint test ui bench bench-accuracy bench-ablations
 
 help:
 	@echo "make run    - install (first time) and run the whole pipeline (dvc repro) on the embedded data"
@@ -41,6 +41,7 @@ help:
 	@echo "make ui     - MLflow UI on http://127.0.0.1:$(UI_PORT)"
 	@echo "make bench  - benchmarks (ingest memory, GPT-ST pre-training speed); tables on stdout"
 	@echo "make bench-accuracy [QUICK=1] - the accuracy study of bench/accuracy.yaml (resumable; bench/results/accuracy.md)"
+	@echo "make bench-ablations [QUICK=1] - ablations and robustness of bench/ablations.yaml (resumable; bench/results/ablations.md)"
 	@echo "make server - Prefect server and UI on http://127.0.0.1:$(PREFECT_PORT)"
 	@echo "make worker GPU=k - a Prefect worker for one GPU on the orchestration.work_pool pool"
 	@echo "make deploy [CRON=...] - the work pool and the deployments of prefect.yaml (retrain on orchestration.retrain_cron)"
@@ -81,6 +82,10 @@ bench: $(STAMP)
 # Resumable: a rerun continues where a killed one stopped. QUICK=1: one seed of Graph WaveNet.
 bench-accuracy: $(STAMP)
 	python bench/accuracy.py $(if $(QUICK),--quick)
+
+# Ablations of GPT-ST (GWN downstream) and robustness to missing inputs; own 90-minute budget.
+bench-ablations: $(STAMP)
+	python bench/accuracy.py --protocol bench/ablations.yaml $(if $(QUICK),--quick)
 
 # Orchestration (Prefect): a server on 127.0.0.1, one worker per GPU, the deployments of prefect.yaml.
 #   make server                      Prefect API and UI on http://127.0.0.1:$(PREFECT_PORT)

@@ -53,6 +53,14 @@ COMPARED = ("plain", "calendar", "gptst_random", "persistence")
 
 @dataclass(frozen=True)
 class Protocol:
+    """A study's fixed protocol (``bench/accuracy.yaml``, ``bench/ablations.yaml``, ...).
+
+    ``ablations`` names pre-training configurations (params overrides) besides the full one; each
+    adds a ``gptst@<name>`` item per baseline, finetuned on that configuration's encoder.
+    ``robustness`` scores the full configuration's ``variants`` again with ``shares`` of the test
+    inputs missing. ``locations`` gives, per dataset, the CSV of sensor coordinates of the cluster map.
+    """
+
     study: str
     iteration: int
     budget_minutes: float
@@ -62,6 +70,11 @@ class Protocol:
     preset: str
     overrides: dict[str, Any]
     datasets: dict[str, dict[str, Any]]
+    report: str = "accuracy"
+    ablations: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    robustness_shares: list[float] = dataclasses.field(default_factory=list)
+    robustness_variants: list[str] = dataclasses.field(default_factory=list)
+    locations: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def read(cls, path: Path, quick: bool) -> Protocol:
@@ -69,6 +82,10 @@ class Protocol:
         seeds, baselines = raw["seeds"], raw["baselines"]
         if quick:
             seeds, baselines = raw["quick"]["seeds"], raw["quick"]["baselines"]
+        robustness = raw.get("robustness") or {}
+        ablations = {str(k): dict(v or {}) for k, v in (raw.get("ablations") or {}).items()}
+        if FULL in ablations:
+            raise ValueError(f"{path}: ablations: {FULL!r} is the protocol's own configuration, not an ablation")
         return cls(
             study=str(raw["study"]) + ("-quick" if quick else ""),
             iteration=int(raw["study_iteration"]),
@@ -79,12 +96,34 @@ class Protocol:
             preset=str(raw["preset"]),
             overrides=dict(raw.get("overrides") or {}),
             datasets={name: dict(v or {}) for name, v in raw["datasets"].items()},
+            report=str(raw.get("report", "accuracy")),
+            ablations=ablations,
+            robustness_shares=[float(s) for s in robustness.get("shares", [])],
+            robustness_variants=list(robustness.get("variants", [])),
+            locations={str(k): str(v) for k, v in (raw.get("locations") or {}).items()},
         )
 
-    def params(self, dataset: str, seed: int, params_file: Path) -> Params:
+    def params(self, dataset: str, seed: int, params_file: Path, config: str = "") -> Params:
+        """The params of one item: params.yaml, the preset, the protocol's overrides, the dataset's,
+        the pre-training configuration's (``config``: an ablation name, "" for the full one), the seed."""
+        ablation = self.ablations[config] if config else {}
         return load_params(
-            params_file, {"preset": self.preset, **self.overrides, **self.datasets[dataset], "seed": seed}
+            params_file,
+            {"preset": self.preset, **self.overrides, **self.datasets[dataset], **ablation, "seed": seed},
         )
+
+    def configs(self) -> list[str]:
+        """The pre-training configurations: "" (the full one), then each ablation."""
+        return ["", *self.ablations]
+
+    def items(self, config: str) -> list[tuple[str, str]]:
+        """(baseline, variant label) finetuned on the encoder of ``config``."""
+        if not config:
+            return [(b, v) for b in self.baselines for v in self.variants]
+        return [(b, f"gptst@{config}") for b in self.baselines]
+
+
+FULL = "full"
 
 
 def uptime() -> str:
@@ -98,36 +137,49 @@ def uptime() -> str:
 
 
 class Study:
-    """One study's results store (``<results>/accuracy/<study>/``) and work folder."""
+    """One study's results store (``<results>/<report>/<study>/``) and work folder."""
 
     def __init__(self, protocol: Protocol, results: Path, work: Path, params_file: Path) -> None:
         self.protocol = protocol
-        self.store = results / "accuracy" / protocol.study
+        self.store = results / protocol.report / protocol.study
         self.work = work / protocol.study
         self.params_file = params_file
         self.started = time.monotonic()
         self.computed = 0
+        self._data: dict[str, tuple[SeriesData, GraphBundle]] = {}
 
     def result_path(self, dataset: str, baseline: str, variant: str, seed: int) -> Path:
         return self.store / dataset / baseline / variant / f"seed{seed}.json"
+
+    def pretrain_path(self, dataset: str, seed: int, config: str) -> Path:
+        return self.store / dataset / "pretrain" / (f"seed{seed}@{config}.json" if config else f"seed{seed}.json")
 
     def over_budget(self) -> bool:
         return time.monotonic() - self.started > self.protocol.budget_minutes * 60
 
     def data(self, dataset: str, params: Params) -> tuple[SeriesData, GraphBundle]:
         """The dataset ingested once into the work folder, and its graph, as the pipeline builds them."""
-        folder = self.work / dataset
-        series_path = folder / "series.parquet"
-        if not series_path.is_file():
-            ingest(params.dataset, params.path(params.dataset.series), series_path, folder / "meta.json")
-        series = load_series(series_path)
-        adj, node_ids = build_adjacency(params.path(params.dataset.graph), series.node_ids, params.graph)
-        return series, GraphBundle(adj=adj, node_ids=node_ids)
+        if dataset not in self._data:
+            folder = self.work / dataset
+            series_path = folder / "series.parquet"
+            if not series_path.is_file():
+                ingest(params.dataset, params.path(params.dataset.series), series_path, folder / "meta.json")
+            series = load_series(series_path)
+            adj, node_ids = build_adjacency(params.path(params.dataset.graph), series.node_ids, params.graph)
+            self._data[dataset] = series, GraphBundle(adj=adj, node_ids=node_ids)
+        return self._data[dataset]
 
 
-def _window_errors(pred: np.ndarray, starts: np.ndarray, t_in: int, series: SeriesData) -> dict[str, list]:
-    sums = error_sums(Predictions(pred, starts, t_in, list(series.node_ids)), series).windows
-    return {"starts": sums.starts.tolist(), "abs_sum": sums.abs_sum.tolist(), "count": sums.count.tolist()}
+def _errors(pred: np.ndarray, starts: np.ndarray, t_in: int, series: SeriesData) -> dict[str, dict[str, list]]:
+    """The per-window sums (for the paired bootstrap) and per-node sums (for the error map)."""
+    sums = error_sums(Predictions(pred, starts, t_in, list(series.node_ids)), series)
+    windows = {
+        "starts": sums.windows.starts.tolist(),
+        "abs_sum": sums.windows.abs_sum.tolist(),
+        "count": sums.windows.count.tolist(),
+    }
+    nodes = {"node_ids": sums.node_ids, "abs_sum": sums.node_abs.tolist(), "count": sums.node_count.tolist()}
+    return {"windows": windows, "nodes": nodes}
 
 
 def _log_mlflow(study: Study, params: Params, doc: dict[str, Any]) -> None:
@@ -151,6 +203,8 @@ def _log_mlflow(study: Study, params: Params, doc: dict[str, Any]) -> None:
         metrics = mlflow_metric_keys("test", doc["test"])
         if doc.get("val"):
             metrics |= mlflow_metric_keys("val", doc["val"])
+        for share, table in (doc.get("robustness") or {}).items():
+            metrics |= mlflow_metric_keys(f"test_missing{round(100 * float(share))}", table)
         metrics["seconds"] = doc["seconds"]
         mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
 
@@ -185,55 +239,89 @@ def _references(study: Study, dataset: str, params: Params, series: SeriesData, 
             "test": accumulator.result(),
             "seconds": 0.0,
             "uptime": uptime(),
-            "windows": _window_errors(pred, np.asarray(splits.test.starts), t_in, series),
+            **_errors(pred, np.asarray(splits.test.starts), t_in, series),
         }
         write_json(path, doc)
         if log:
             _log_mlflow(study, params, doc)
 
 
-def run_dataset(study: Study, dataset: str, *, stop_after: int | None, log: bool, device: str) -> bool:
-    """Every missing result of ``dataset``; False when the budget or ``stop_after`` stopped it."""
+def _pretrained(study: Study, dataset: str, seed: int, config: str, series: SeriesData, device: str) -> Path | None:
+    """The encoder bundle of ``config`` for ``seed``, pre-trained unless stored (None: over budget).
+    Its document records the cluster map of the encoder on the test windows."""
     import torch
 
+    from gptst.data.batch import WindowBatcher
+    from gptst.data.calendar import calendar_features
+    from gptst.models.gptst.clusters import cluster_map
+    from gptst.training.pretrain import pretrain
+
+    folder = study.work / dataset / f"seed{seed}" / (config or FULL)
+    encoder_path, doc_path = folder / "encoder.pt", study.pretrain_path(dataset, seed, config)
+    if encoder_path.is_file() and doc_path.is_file():
+        return encoder_path
+    if study.over_budget():
+        return None
+    params = study.protocol.params(dataset, seed, study.params_file, config)
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    result = pretrain(params, series, state_dir=folder / "pretrain_state", device=device)
+    result.save_encoder(encoder_path, params, series, dataset_sha256="")
+    doc: dict[str, Any] = {
+        **result.metrics(params),
+        "config": config or FULL,
+        "seconds": time.perf_counter() - started,
+        "uptime": uptime(),
+    }
+    if result.model.cfg.use_clusters:
+        batcher = WindowBatcher(
+            series.values,
+            calendar_features(series.timestamps, series.freq),
+            result.scaler,
+            params.windows.t_in,
+            params.windows.t_out,
+            device=device,
+        )
+        doc["clusters"] = cluster_map(
+            result.model.to(device),
+            batcher,
+            result.splits.test.starts,
+            series.timestamps,
+            list(series.node_ids),
+            batch_size=params.pretrain.batch_size,
+        ).as_dict()
+    write_json(doc_path, doc)
+    return encoder_path
+
+
+def run_seed(study: Study, dataset: str, seed: int, *, stop_after: int | None, log: bool, device: str) -> bool:
+    """Every missing result of ``dataset`` and ``seed``; False when the budget or ``stop_after`` stopped it."""
     from gptst.models.encoded import EncodedCache
     from gptst.models.gptst.bundle import load_encoder
     from gptst.training.finetune import DownstreamData, cache_encoder, finetune
-    from gptst.training.pretrain import pretrain
+    from gptst.training.robustness import robustness_metrics
 
     protocol = study.protocol
-    first = protocol.params(dataset, protocol.seeds[0], study.params_file)
-    series, graph = study.data(dataset, first)
-    _references(study, dataset, first, series, log)
-    for seed in protocol.seeds:
-        items = [(b, v) for b in protocol.baselines for v in protocol.variants]
-        todo = [(b, v) for b, v in items if not study.result_path(dataset, b, v, seed).is_file()]
+    for config in protocol.configs():
+        todo = [(b, v) for b, v in protocol.items(config) if not study.result_path(dataset, b, v, seed).is_file()]
         if not todo:
             continue
-        params = protocol.params(dataset, seed, study.params_file)
-        folder = study.work / dataset / f"seed{seed}"
-        encoder_path = folder / "encoder.pt"
-        pretrain_doc = study.store / dataset / "pretrain" / f"seed{seed}.json"
-        if not (encoder_path.is_file() and pretrain_doc.is_file()):
-            if study.over_budget():
-                return False
-            started = time.perf_counter()
-            torch.manual_seed(seed)
-            result = pretrain(params, series, state_dir=folder / "pretrain_state", device=device)
-            result.save_encoder(encoder_path, params, series, dataset_sha256="")
-            write_json(
-                pretrain_doc,
-                {**result.metrics(params), "seconds": time.perf_counter() - started, "uptime": uptime()},
-            )
+        params = protocol.params(dataset, seed, study.params_file, config)
+        series, graph = study.data(dataset, params)
+        encoder_path = _pretrained(study, dataset, seed, config, series, device)
+        if encoder_path is None:
+            return False
+        folder = encoder_path.parent
         bundle = load_encoder(encoder_path, map_location=device)
         data = DownstreamData.prepare(params, series, graph, device)
         cache_dir = folder / "encoded"
         if not (cache_dir / "index.json").is_file():
             cache_encoder(cache_dir, params, data, bundle, encoder_sha256="study", device=device)
         cache = EncodedCache.open(cache_dir, "study")
-        for baseline, variant in todo:
+        for baseline, label in todo:
             if study.over_budget() or (stop_after is not None and study.computed >= stop_after):
                 return False
+            variant = label.split("@")[0]
             started = time.perf_counter()
             result = finetune(
                 params,
@@ -250,7 +338,7 @@ def run_dataset(study: Study, dataset: str, *, stop_after: int | None, log: bool
                 "study_iteration": protocol.iteration,
                 "dataset": dataset,
                 "baseline": baseline,
-                "variant": variant,
+                "variant": label,
                 "seed": seed,
                 "val": result.val,
                 "test": result.test,
@@ -259,17 +347,41 @@ def run_dataset(study: Study, dataset: str, *, stop_after: int | None, log: bool
                 "stopped_early": result.fit.stopped_early,
                 "seconds": time.perf_counter() - started,
                 "uptime": uptime(),
-                "windows": _window_errors(result.test_pred, result.test_starts, params.windows.t_in, series),
+                **_errors(result.test_pred, result.test_starts, params.windows.t_in, series),
             }
-            write_json(study.result_path(dataset, baseline, variant, seed), doc)
+            if not config and variant in protocol.robustness_variants and protocol.robustness_shares:
+                doc["robustness"] = robustness_metrics(
+                    result.forecaster,
+                    data,
+                    data.splits.test,
+                    protocol.robustness_shares,
+                    seed=seed,
+                    batch_size=params.finetune.common.batch_size,
+                )
+            write_json(study.result_path(dataset, baseline, label, seed), doc)
             study.computed += 1
             if log:
                 _log_mlflow(study, params, doc)
             print(
-                f"accuracy: {dataset} {baseline}/{variant} seed {seed}: val MAE {result.val['avg']['mae']:.3f}, "
+                f"{protocol.report}: {dataset} {baseline}/{label} seed {seed}: val MAE {result.val['avg']['mae']:.3f}, "
                 f"test MAE {result.test['avg']['mae']:.3f} ({doc['seconds']:.0f} s, {doc['epochs_run']} epochs)",
                 flush=True,
             )
+    return True
+
+
+def run_study(study: Study, datasets: list[str], *, stop_after: int | None, log: bool, device: str) -> bool:
+    """Seed by seed, each dataset in turn (a budget cut leaves whole seeds of every dataset);
+    False when the budget or ``stop_after`` stopped it."""
+    protocol = study.protocol
+    for dataset in datasets:
+        params = protocol.params(dataset, protocol.seeds[0], study.params_file)
+        series, _ = study.data(dataset, params)
+        _references(study, dataset, params, series, log)
+    for seed in protocol.seeds:
+        for dataset in datasets:
+            if not run_seed(study, dataset, seed, stop_after=stop_after, log=log, device=device):
+                return False
     return True
 
 
@@ -281,8 +393,16 @@ def read_results(store: Path) -> list[dict[str, Any]]:
     ]
 
 
+def read_pretraining(store: Path) -> list[dict[str, Any]]:
+    """Every stored pre-training document under ``store``, with its dataset folder name."""
+    return [
+        {**json.loads(p.read_text()), "study_dataset": p.parent.parent.name}
+        for p in sorted(store.glob("*/pretrain/seed*.json"))
+    ]
+
+
 def result_rows(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """accuracy.json: one row per study, dataset, baseline, variant, seed and horizon."""
+    """One row per study, dataset, baseline, variant, seed and horizon (the report's JSON)."""
     return [
         {
             "study": d["study"],
@@ -316,16 +436,99 @@ def _pooled(docs: list[dict[str, Any]]) -> WindowErrors:
     )
 
 
-def report_markdown(docs: list[dict[str, Any]], study: str) -> str:
-    lines = [f"# Accuracy study `{study}`", ""]
+def _gptst_against_others(by: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
+    lines = [
+        "",
+        "### gptst against the others (average MAE)",
+        "",
+        "| baseline | vs | change | interval | seeds |",
+        "|---|---|---:|---|---:|",
+    ]
+    for baseline in dict.fromkeys(b for b, v in by if v == "gptst"):
+        gptst = by[(baseline, "gptst")]
+        mean_gptst = np.mean([g["test"]["avg"]["mae"] for g in gptst])
+        ablated = [v for b, v in by if b == baseline and v.startswith("gptst@")]
+        for other in [*COMPARED, *ablated]:
+            group = by.get(("persistence", "reference")) if other == "persistence" else by.get((baseline, other))
+            if not group:
+                continue
+            if other == "persistence":  # one reference forecast, paired with every seed's windows
+                candidates, references = gptst, [{**group[0], "seed": g["seed"]} for g in gptst]
+            else:
+                seeds = {g["seed"] for g in gptst} & {g["seed"] for g in group}
+                candidates = [g for g in gptst if g["seed"] in seeds]
+                references = [g for g in group if g["seed"] in seeds]
+            if not candidates:
+                continue
+            mean_other = np.mean([g["test"]["avg"]["mae"] for g in group])
+            result = paired_bootstrap(_pooled(candidates), _pooled(references), seed=0)
+            lines.append(
+                f"| {baseline} | {other} | {100 * (mean_gptst - mean_other) / mean_other:+.2f}% | "
+                f"{result.rel_diff_low:+.2f}% to {result.rel_diff_high:+.2f}% | {len(candidates)} |"
+            )
+    return lines
+
+
+def _robustness_table(by: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
+    rows = {k: g for k, g in by.items() if all(d.get("robustness") for d in g)}
+    if not rows:
+        return []
+    shares = list(next(iter(rows.values()))[0]["robustness"])
+    lines = [
+        "",
+        "### Robustness: average test MAE with a share of the input readings missing (targets unchanged)",
+        "",
+        "| baseline | variant | none | " + " | ".join(f"{100 * float(s):.0f}% missing" for s in shares) + " |",
+        "|---|---|---:|" + "---:|" * len(shares),
+    ]
+    for (baseline, variant), group in rows.items():
+        clean = np.mean([d["test"]["avg"]["mae"] for d in group])
+        cells = []
+        for share in shares:
+            mean = np.mean([d["robustness"][share]["avg"]["mae"] for d in group])
+            cells.append(
+                f"{_stats([d['robustness'][share]['avg']['mae'] for d in group])} [{100 * (mean / clean - 1):+.1f}%]"
+            )
+        lines.append(
+            f"| {baseline} | {variant} | {_stats([d['test']['avg']['mae'] for d in group])} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
+
+
+def _pretraining_table(pretraining: list[dict[str, Any]]) -> list[str]:
+    if not pretraining:
+        return []
+    lines = [
+        "",
+        "### Pre-training",
+        "",
+        "| configuration | seed | val reconstruction MAE | best / run epochs | minutes | clusters stable all day |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
+    for d in sorted(pretraining, key=lambda d: (d.get("config", FULL) != FULL, d.get("config", FULL), d["seed"])):
+        clusters = d.get("clusters")
+        stable = f"{100 * clusters['stable_share']:.0f}% of {len(clusters['node_ids'])}" if clusters else "—"
+        lines.append(
+            f"| {d.get('config', FULL)} | {d['seed']} | {d['val_mae']:.3f} | {d['best_epoch']} / {d['epochs_run']} | "
+            f"{d['seconds'] / 60:.1f} | {stable} |"
+        )
+    return lines
+
+
+def report_markdown(docs: list[dict[str, Any]], study: str, pretraining: list[dict[str, Any]] | None = None) -> str:
+    lines = [f"# Study `{study}`", ""]
     lines.append(
         "Test split; cells are mean ± std (min-max) over seeds. Relative changes compare mean average "
         "MAEs (negative: gptst better); intervals are 95% paired bootstrap intervals over (seed, test "
-        "window) pairs. Reference forecasts have no seed."
+        "window) pairs. Reference forecasts have no seed. `gptst@<name>`: the gptst variant on the "
+        "encoder of ablation `<name>`. A sensor's cluster is *stable all day* when its most frequent "
+        "capsule cluster within every hour of the day is its most frequent one overall (test windows)."
     )
     for dataset in sorted({d["dataset"] for d in docs}):
         rows = [d for d in docs if d["dataset"] == dataset]
-        by = {}
+        by: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for d in rows:
             by.setdefault((d["baseline"], d["variant"]), []).append(d)
         lines += ["", f"## {dataset}"]
@@ -340,32 +543,9 @@ def report_markdown(docs: list[dict[str, Any]], study: str) -> str:
             for (baseline, variant), group in by.items():
                 cells = [_stats([g["test"][h][metric] for g in group]) for h in HORIZONS]
                 lines.append(f"| {baseline} | {variant} | " + " | ".join(cells) + " |")
-        lines += [
-            "",
-            "### gptst against the others (average MAE)",
-            "",
-            "| baseline | vs | change | interval | seeds |",
-            "|---|---|---:|---|---:|",
-        ]
-        for baseline in dict.fromkeys(b for b, v in by if v == "gptst"):
-            gptst = by[(baseline, "gptst")]
-            mean_gptst = np.mean([g["test"]["avg"]["mae"] for g in gptst])
-            for other in COMPARED:
-                group = by.get(("persistence", "reference")) if other == "persistence" else by.get((baseline, other))
-                if not group:
-                    continue
-                if other == "persistence":  # one reference forecast, paired with every seed's windows
-                    candidates, references = gptst, [{**group[0], "seed": g["seed"]} for g in gptst]
-                else:
-                    seeds = {g["seed"] for g in gptst} & {g["seed"] for g in group}
-                    candidates = [g for g in gptst if g["seed"] in seeds]
-                    references = [g for g in group if g["seed"] in seeds]
-                mean_other = np.mean([g["test"]["avg"]["mae"] for g in group])
-                result = paired_bootstrap(_pooled(candidates), _pooled(references), seed=0)
-                lines.append(
-                    f"| {baseline} | {other} | {100 * (mean_gptst - mean_other) / mean_other:+.2f}% | "
-                    f"{result.rel_diff_low:+.2f}% to {result.rel_diff_high:+.2f}% | {len(candidates)} |"
-                )
+        lines += _gptst_against_others(by)
+        lines += _robustness_table(by)
+        lines += _pretraining_table([p for p in pretraining or [] if p["study_dataset"] == dataset])
     return "\n".join(lines) + "\n"
 
 
@@ -396,16 +576,102 @@ def plot(docs: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def write_report(results: Path, study: str) -> Path:
-    docs = read_results(results / "accuracy" / study)
+def node_mae(docs: list[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
+    """Per-node test MAE pooled over ``docs`` (seeds): node ids and MAE [N] (NaN: never observed)."""
+    abs_sum = np.sum([np.asarray(d["nodes"]["abs_sum"], dtype=float) for d in docs], axis=0)
+    count = np.sum([np.asarray(d["nodes"]["count"], dtype=float) for d in docs], axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return list(docs[0]["nodes"]["node_ids"]), np.where(count > 0, abs_sum / count, np.nan)
+
+
+def plot_cluster_map(
+    clusters: dict[str, Any], errors: tuple[str, list[dict[str, Any]]] | None, locations: Path, path: Path
+) -> Path:
+    """Sensors at their coordinates coloured by modal capsule cluster (crosses: not stable all
+    day), beside the per-sensor test MAE of ``errors`` ((label, result documents))."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    table = pd.read_csv(locations, dtype={"sensor_id": str}).set_index("sensor_id")
+    ids = [i for i in clusters["node_ids"] if i in table.index]
+    if not ids:
+        raise ValueError(f"{locations}: no sensor_id matches the study's node ids")
+    lon, lat = table.loc[ids, "longitude"].to_numpy(), table.loc[ids, "latitude"].to_numpy()
+    position = {node: i for i, node in enumerate(clusters["node_ids"])}
+    take = np.array([position[i] for i in ids])
+    modal, stable = np.asarray(clusters["modal"])[take], np.asarray(clusters["stable"])[take]
+    fig, axes = plt.subplots(1, 2 if errors else 1, figsize=(13 if errors else 6.5, 5.5), squeeze=False)
+    ax = axes[0][0]
+    cmap = plt.get_cmap("tab10", clusters["clusters"])
+    ax.scatter(lon[stable], lat[stable], c=modal[stable], cmap=cmap, vmin=-0.5, vmax=clusters["clusters"] - 0.5, s=22)
+    ax.scatter(
+        lon[~stable],
+        lat[~stable],
+        c=modal[~stable],
+        cmap=cmap,
+        vmin=-0.5,
+        vmax=clusters["clusters"] - 0.5,
+        s=40,
+        marker="x",
+    )
+    ax.set_title(
+        f"modal capsule cluster per sensor (x: changes during the day)\n{100 * stable.mean():.0f}% of "
+        f"{len(ids)} sensors stable all day"
+    )
+    ax.set_xlabel("longitude")
+    ax.set_ylabel("latitude")
+    if errors:
+        label, group = errors
+        node_ids, mae = node_mae(group)
+        by_id = dict(zip(node_ids, mae, strict=True))
+        values = np.array([by_id.get(i, np.nan) for i in ids])
+        ax = axes[0][1]
+        points = ax.scatter(lon, lat, c=values, cmap="viridis", s=22)
+        fig.colorbar(points, ax=ax, label="test MAE")
+        ax.set_title(f"per-sensor test MAE, {label} ({len(group)} seeds pooled)")
+        ax.set_xlabel("longitude")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: Path, protocol: Protocol, root: Path = ROOT) -> Path:
+    """``<report>.md``, ``.json``, ``.png`` (and ``<report>_clusters_<dataset>.png`` where the
+    protocol has sensor locations) from the stored results of ``protocol``'s study."""
+    store = results / protocol.report / protocol.study
+    docs = read_results(store)
     if not docs:
-        raise SystemExit(f"accuracy: no results under {results / 'accuracy' / study}")
-    write_json(results / "accuracy.json", result_rows(docs))
-    markdown = report_markdown(docs, study)
-    (results / "accuracy.md").write_text(markdown)
-    plot(docs, results / "accuracy.png")
+        raise SystemExit(f"{protocol.report}: no results under {store}")
+    pretraining = read_pretraining(store)
+    write_json(results / f"{protocol.report}.json", result_rows(docs))
+    markdown = report_markdown(docs, protocol.study, pretraining)
+    plot(docs, results / f"{protocol.report}.png")
+    for dataset, locations in protocol.locations.items():
+        full = sorted(
+            (
+                p
+                for p in pretraining
+                if p["study_dataset"] == dataset and p.get("config", FULL) == FULL and p.get("clusters")
+            ),
+            key=lambda p: p["seed"],
+        )
+        if not full:
+            continue
+        gptst = [d for d in docs if d["dataset"] == dataset and d["variant"] == "gptst" and d.get("nodes")]
+        baseline = gptst[0]["baseline"] if gptst else None
+        errors = (f"{baseline}/gptst", [d for d in gptst if d["baseline"] == baseline]) if baseline else None
+        figure = plot_cluster_map(
+            full[0]["clusters"], errors, root / locations, results / f"{protocol.report}_clusters_{dataset}.png"
+        )
+        markdown += f"\n![cluster map of {dataset}, seed {full[0]['seed']}]({figure.name})\n"
+    (results / f"{protocol.report}.md").write_text(markdown)
     print(markdown)
-    return results / "accuracy.md"
+    return results / f"{protocol.report}.md"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the protocol's quick subset (one seed of GWN)")
     parser.add_argument("--datasets", nargs="*", help="a subset of the protocol's datasets")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "accuracy")
+    parser.add_argument("--work", type=Path, help="checkpoints and caches (default bench/work/<report>)")
     parser.add_argument("--stop-after", type=int, help="stop after this many new results (a kill, for tests)")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--no-mlflow", action="store_true")
@@ -428,20 +694,20 @@ def main(argv: list[str] | None = None) -> int:
     from gptst.device import resolve_device
 
     device = resolve_device(args.device)
-    study = Study(protocol, args.results, args.work, args.params)
-    print(f"accuracy: study {protocol.study} iteration {protocol.iteration} on {device}, {uptime()}", flush=True)
+    work = args.work or ROOT / "bench" / "work" / protocol.report
+    study = Study(protocol, args.results, work, args.params)
+    name = protocol.report
+    print(f"{name}: study {protocol.study} iteration {protocol.iteration} on {device}, {uptime()}", flush=True)
     complete = True
     if not args.report_only:
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlruns.db'}")
-        for dataset in args.datasets or list(protocol.datasets):
-            if not run_dataset(study, dataset, stop_after=args.stop_after, log=not args.no_mlflow, device=device):
-                complete = False
-                break
+        datasets = args.datasets or list(protocol.datasets)
+        complete = run_study(study, datasets, stop_after=args.stop_after, log=not args.no_mlflow, device=device)
     elapsed = time.monotonic() - study.started
     state = "complete" if complete else "stopped (budget or --stop-after): rerun to continue"
-    print(f"accuracy: {study.computed} results computed in {elapsed / 60:.1f} min, {state}; {uptime()}", flush=True)
-    if (study.store).exists():
-        write_report(args.results, protocol.study)
+    print(f"{name}: {study.computed} results computed in {elapsed / 60:.1f} min, {state}; {uptime()}", flush=True)
+    if study.store.exists():
+        write_report(args.results, protocol)
     return 0
 
 

@@ -104,3 +104,41 @@ def test_the_gpu_protocol_runs_on_cpu_shrunk_and_a_stopped_study_resumes_without
         set(r) == {"study", "dataset", "baseline", "variant", "seed", "horizon", "mae", "rmse", "mape"} for r in rows
     )
     assert (tmp_path / "results" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_ablation_study_finetunes_each_configuration_scores_robustness_and_maps_the_clusters(tmp_path: Path):
+    """bench/ablations.yaml's shape at the tiny preset, in-process: one ablated pre-training
+    besides the full one, robustness of plain and gptst, the cluster map beside the per-sensor MAE."""
+    study = _study_module()
+    protocol = {
+        **PROTOCOL,
+        "report": "ablations",
+        "ablations": {"random_mask": {"pretrain.mask_strategy": "random"}},
+        "robustness": {"shares": [0.2], "variants": ["plain", "gptst"]},
+        "locations": {"metr-la-week": "data/raw/metr-la-week/graph_sensor_locations.csv"},
+    }
+    path = tmp_path / "ablations.yaml"
+    path.write_text(yaml.safe_dump(protocol))
+    results = tmp_path / "results"
+    args = ["--protocol", str(path), "--results", str(results), "--work", str(tmp_path / "work"), "--no-mlflow"]
+    assert study.main(args) == 0
+
+    store = results / "ablations" / "test" / "metr-la-week"
+    ablated = json.loads((store / "tgcn" / "gptst@random_mask" / "seed0.json").read_text())
+    assert "robustness" not in ablated  # robustness is scored on the full configuration only
+    gptst = json.loads((store / "tgcn" / "gptst" / "seed0.json").read_text())
+    assert set(gptst["robustness"]) == {"0.2"}
+    assert gptst["robustness"]["0.2"]["avg"]["mae"] != gptst["test"]["avg"]["mae"]
+    assert len(gptst["nodes"]["abs_sum"]) == len(gptst["nodes"]["node_ids"]) == 207
+    full = json.loads((store / "pretrain" / "seed0.json").read_text())
+    assert full["config"] == "full" and len(full["clusters"]["modal"]) == 207
+    assert (store / "pretrain" / "seed0@random_mask.json").is_file()
+
+    report = (results / "ablations.md").read_text()
+    assert "| tgcn | gptst@random_mask |" in report
+    assert "20% missing" in report and "| tgcn | plain |" in report
+    assert "| random_mask | 0 |" in report and "stable all day" in report
+    assert (results / "ablations_clusters_metr-la-week.png").read_bytes()[:4] == b"\x89PNG"
+
+    assert study.main(args) == 0  # a rerun of a complete study computes nothing
+    assert json.loads((store / "tgcn" / "gptst" / "seed0.json").read_text()) == gptst

@@ -687,8 +687,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mlflow", action="store_true")
     parser.add_argument("--device", default="cpu", help="auto: CUDA when present, else CPU")
     parser.add_argument("--preset", help="replace the protocol's preset (tiny: a smoke run of the script)")
+    parser.add_argument(
+        "--budget-minutes", type=float, help="this invocation's budget instead of the protocol's (a study in parts)"
+    )
     args = parser.parse_args(argv)
     protocol = Protocol.read(args.protocol, args.quick)
+    if args.budget_minutes is not None:
+        protocol = dataclasses.replace(protocol, budget_minutes=args.budget_minutes)
     if args.preset:
         protocol = dataclasses.replace(protocol, preset=args.preset, study=f"{protocol.study}-{args.preset}")
     from gptst.device import resolve_device

@@ -10,17 +10,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
 
-from gptst.data.calendar import calendar_features
+from gptst.data.calendar import calendar_features, steps_per_day
 from gptst.data.scaler import StandardScaler
 from gptst.data.series import SeriesData
 from gptst.graph.adjacency import build_adjacency
 from gptst.graph.bundle import GraphBundle
 from gptst.metrics import masked_mae
 from gptst.models.baselines.registry import build_baseline, parameter_count
+from gptst.models.gptst.bundle import save_encoder_bundle
+from gptst.models.gptst.config import GptstConfig
+from gptst.models.gptst.model import build_model
 from gptst.params import GraphParams
 
 from .conftest import TEST_DATA, WEEK_DIR
@@ -141,3 +146,31 @@ def assert_dropout_only_in_training(model: nn.Module, x: torch.Tensor) -> None:
         assert torch.equal(model(x), model(x)), "eval mode must be deterministic"
         model.train()
         assert not torch.equal(model(x), model(x)), "dropout should be active in train mode"
+
+
+def small_encoder_bundle(
+    path: Path, series: SeriesData, scaler: StandardScaler, t_in: int, *, seed: int, hidden: int, clusters: int
+) -> Path:
+    """A small GPT-ST encoder bundle fitting ``series``, seeded weights standing in for pre-trained
+    ones (``clusters`` also sets both hyperedge counts)."""
+    torch.manual_seed(seed)
+    cfg = GptstConfig(
+        num_nodes=len(series.node_ids),
+        t_in=t_in,
+        channels=len(series.channels),
+        hidden=hidden,
+        embed=4,
+        clusters=clusters,
+        cross_hyperedges=clusters,
+        temporal_hyperedges=clusters,
+    )
+    return save_encoder_bundle(
+        path,
+        build_model(cfg).eval(),
+        scaler=scaler,
+        node_ids=series.node_ids,
+        channels=series.channels,
+        freq=series.freq,
+        steps_per_day=steps_per_day(series.freq),
+        dataset="metr-la-week",
+    )

@@ -11,14 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from gptst.data.calendar import steps_per_day
 from gptst.errors import InputError
 from gptst.metrics import horizon_metrics, write_metrics_json
 from gptst.models.encoded import EncodedCache, write_encoded
 from gptst.models.forecaster_bundle import load_forecaster, save_forecaster_bundle
-from gptst.models.gptst.bundle import load_encoder, save_encoder_bundle
-from gptst.models.gptst.config import GptstConfig
-from gptst.models.gptst.model import build_model
+from gptst.models.gptst.bundle import load_encoder
 from gptst.params import load_params
 from gptst.training.baseline_config import baseline_config
 from gptst.training.finetune import (
@@ -28,7 +25,7 @@ from gptst.training.finetune import (
     score_forecaster,
 )
 
-from .baseline_checks import week_graph
+from .baseline_checks import small_encoder_bundle, week_graph
 from .conftest import REPO_ROOT
 
 NODES = 20
@@ -71,28 +68,8 @@ def data(params, series, week):
 @pytest.fixture(scope="module")
 def encoder_file(params, data, series, tmp_path_factory) -> Path:
     """An encoder bundle fitting the data (seeded weights stand in for pre-trained ones)."""
-    torch.manual_seed(3)
-    cfg = GptstConfig(
-        num_nodes=NODES,
-        t_in=params.windows.t_in,
-        channels=1,
-        hidden=16,
-        embed=4,
-        clusters=4,
-        cross_hyperedges=4,
-        temporal_hyperedges=4,
-    )
     path = tmp_path_factory.mktemp("encoder") / "encoder.pt"
-    return save_encoder_bundle(
-        path,
-        build_model(cfg),
-        scaler=data.scaler,
-        node_ids=series.node_ids,
-        channels=series.channels,
-        freq=series.freq,
-        steps_per_day=steps_per_day(series.freq),
-        dataset="metr-la-week",
-    )
+    return small_encoder_bundle(path, series, data.scaler, params.windows.t_in, seed=3, hidden=16, clusters=4)
 
 
 def _checksum(module: torch.nn.Module) -> str:

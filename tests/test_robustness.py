@@ -9,18 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from gptst.data.calendar import steps_per_day
 from gptst.graph.adjacency import build_adjacency
 from gptst.graph.bundle import GraphBundle
 from gptst.models.encoded import EncodedCache
-from gptst.models.gptst.bundle import load_encoder, save_encoder_bundle
-from gptst.models.gptst.config import GptstConfig
-from gptst.models.gptst.model import build_model
+from gptst.models.gptst.bundle import load_encoder
 from gptst.params import GraphParams, load_params
 from gptst.training.finetune import DownstreamData, build_forecaster, cache_encoder, predict_windows
 from gptst.training.robustness import missing_inputs, robustness_metrics
 
-from .baseline_checks import week_graph
+from .baseline_checks import small_encoder_bundle, week_graph
 from .conftest import REPO_ROOT, TEST_DATA
 
 NODES = 12
@@ -83,32 +80,11 @@ def test_no_missing_share_scores_as_the_plain_evaluation_and_more_missing_change
 
 
 def test_the_encoder_sees_the_altered_input_even_when_a_cache_exists(params, data, tmp_path):
-    torch.manual_seed(0)
-    encoder = build_model(
-        GptstConfig(
-            num_nodes=NODES,
-            t_in=params.windows.t_in,
-            channels=1,
-            hidden=8,
-            embed=4,
-            clusters=3,
-            cross_hyperedges=3,
-            temporal_hyperedges=3,
-        )
-    ).eval()
-    forecaster = build_forecaster(params, data, "tgcn", "gptst", encoder)
-    series = data.series
-    path = save_encoder_bundle(
-        tmp_path / "encoder.pt",
-        encoder,
-        scaler=data.scaler,
-        node_ids=series.node_ids,
-        channels=series.channels,
-        freq=series.freq,
-        steps_per_day=steps_per_day(series.freq),
-        dataset="metr-la-week",
+    path = small_encoder_bundle(
+        tmp_path / "encoder.pt", data.series, data.scaler, params.windows.t_in, seed=0, hidden=8, clusters=3
     )
     bundle = load_encoder(path)
+    forecaster = build_forecaster(params, data, "tgcn", "gptst", bundle.model)
     cache_encoder(tmp_path / "c", params, data, bundle, encoder_sha256="x", device="cpu")
     cache = EncodedCache.open(tmp_path / "c", "x")
     windows = data.splits.test

@@ -517,7 +517,13 @@ def _pretraining_table(pretraining: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def report_markdown(docs: list[dict[str, Any]], study: str, pretraining: list[dict[str, Any]] | None = None) -> str:
+def report_markdown(
+    docs: list[dict[str, Any]],
+    study: str,
+    pretraining: list[dict[str, Any]] | None = None,
+    figures: dict[str, str] | None = None,
+) -> str:
+    """The study's markdown report; ``figures`` maps a dataset to the markdown closing its section."""
     lines = [f"# Study `{study}`", ""]
     lines.append(
         "Test split; cells are mean ± std (min-max) over seeds. Relative changes compare mean average "
@@ -546,6 +552,8 @@ def report_markdown(docs: list[dict[str, Any]], study: str, pretraining: list[di
         lines += _gptst_against_others(by)
         lines += _robustness_table(by)
         lines += _pretraining_table([p for p in pretraining or [] if p["study_dataset"] == dataset])
+        if figures and dataset in figures:
+            lines += ["", figures[dataset]]
     return "\n".join(lines) + "\n"
 
 
@@ -649,8 +657,8 @@ def write_report(results: Path, protocol: Protocol, root: Path = ROOT) -> Path:
         raise SystemExit(f"{protocol.report}: no results under {store}")
     pretraining = read_pretraining(store)
     write_json(results / f"{protocol.report}.json", result_rows(docs))
-    markdown = report_markdown(docs, protocol.study, pretraining)
     plot(docs, results / f"{protocol.report}.png")
+    figures: dict[str, str] = {}
     for dataset, locations in protocol.locations.items():
         full = sorted(
             (
@@ -668,7 +676,8 @@ def write_report(results: Path, protocol: Protocol, root: Path = ROOT) -> Path:
         figure = plot_cluster_map(
             full[0]["clusters"], errors, root / locations, results / f"{protocol.report}_clusters_{dataset}.png"
         )
-        markdown += f"\n![cluster map of {dataset}, seed {full[0]['seed']}]({figure.name})\n"
+        figures[dataset] = f"![cluster map of {dataset}, seed {full[0]['seed']}]({figure.name})"
+    markdown = report_markdown(docs, protocol.study, pretraining, figures)
     (results / f"{protocol.report}.md").write_text(markdown)
     print(markdown)
     return results / f"{protocol.report}.md"

@@ -125,6 +125,26 @@ def test_early_stopping_waits_for_patience_and_never_stops_before_min_epochs(dat
     assert (result.stopped_early, result.epochs_run) == (True, 6)
 
 
+def test_a_plateau_decays_the_rate_and_restarts_patience_until_the_decays_are_spent(data, tmp_path):
+    # Plateaus after epochs 4 and 7 decay the rate; the third, after epoch 9, stops the run.
+    script = [5.0, 4.0, 4.5, 4.6, 3.9, 4.1, 4.2, 4.3, 4.4, 4.5, 4.6, 4.7]
+    config = {"val_script": script, "epochs": 12, "patience": 2, "lr": 0.01, "lr_decay_rate": 0.5}
+    trainer, _ = make_trainer(data, tmp_path / "a", plateau_decays=2, **config)
+    result = trainer.fit(batches(data, 1))
+    rates = [row["lr"] for row in result.history]
+    assert (result.stopped_early, result.epochs_run, result.best_epoch) == (True, 9, 5)
+    assert rates == pytest.approx([0.01] * 4 + [0.005] * 3 + [0.0025] * 2)
+
+    # Killed after epoch 6 (one decay done), the run resumes to the same schedule and stop.
+    trainer, _ = make_trainer(data, tmp_path / "b", plateau_decays=2, **{**config, "epochs": 6})
+    trainer.fit(batches(data, 1))
+    trainer, _ = make_trainer(data, tmp_path / "b", plateau_decays=2, **config)
+    resumed = trainer.fit(batches(data, 1))
+    assert resumed.resumed_from == 6
+    assert [row["lr"] for row in resumed.history] == pytest.approx(rates)
+    assert (resumed.epochs_run, resumed.best_epoch) == (9, 5)
+
+
 def test_selection_on_training_loss_needs_no_validation(data, tmp_path):
     trainer, _ = make_trainer(data, tmp_path, selection="train_loss", epochs=2)
     result = trainer.fit(batches(data, 2))

@@ -232,6 +232,9 @@ class OptimParams(_Section):
     lr_decay_rate: float = Field(0.3, gt=0, le=1)
     grad_clip: float | None = Field(5.0, gt=0)
     patience: int = Field(25, ge=1)
+    plateau_decays: int = Field(
+        0, ge=0, description="plateaus that decay the lr (lr *= lr_decay_rate, patience restarts) before one stops"
+    )
     max_batches_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs; null: every window")
 
     @field_validator("lr_decay_epochs")

@@ -268,6 +268,7 @@ def finetune(
             lr_decay_rate=common.lr_decay_rate,
             weight_decay=common.weight_decay,
             patience=common.patience,
+            plateau_decays=common.plateau_decays,
             selection="val",
             amp=common.amp,
         ),

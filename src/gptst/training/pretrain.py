@@ -125,6 +125,7 @@ def pretrain_trainer_config(pre: PretrainParams) -> TrainerConfig:
         lr_decay_rate=pre.lr_decay_rate,
         weight_decay=pre.weight_decay,
         patience=pre.patience,
+        plateau_decays=pre.plateau_decays,
         # No early stop before E0 + 0.25 (E - E0): the curriculum always runs.
         min_epochs=math.ceil(pre.change_epoch + 0.25 * (pre.epochs - pre.change_epoch)),
         selection="val" if pre.selection == "val" else "train_loss",

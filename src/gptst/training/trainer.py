@@ -4,7 +4,8 @@ Driven by ``step_fn(model, batch, epoch) -> StepResult`` and an optional
 ``val_fn(model, epoch) -> float`` (lower is better), it runs Adam with step decay, clips the
 gradient norm of each parameter group separately, selects the best epoch (validation metric or
 training loss), stops early after ``patience`` epochs without improvement (never before
-``min_epochs``), and writes an atomic checkpoint after every epoch: model, optimiser,
+``min_epochs``; with ``plateau_decays`` > 0 the first such plateaus decay the learning rate and
+restart the count instead), and writes an atomic checkpoint after every epoch: model, optimiser,
 scheduler, epoch, early-stopping state, RNG states and the states of stateful helpers (the
 masker's generator), so an interrupted run resumes to the same final weights.
 
@@ -70,6 +71,9 @@ class TrainerConfig:
     weight_decay: float = 0.0
     patience: int = 10
     min_epochs: int = 0
+    # Plateaus that decay the rate (lr *= lr_decay_rate) before one stops the run: a noisy
+    # validation curve at a high rate no longer ends training before a lower rate was tried.
+    plateau_decays: int = 0
     selection: str = "val"  # "val" | "train_loss"
     amp: bool = False
     amp_dtype: str | None = None  # None: float16 on CUDA (bfloat16 when supported); "bfloat16" enables CPU autocast
@@ -198,6 +202,7 @@ class Trainer(Generic[ModelT]):
         state = self._resume()
         start = state["epoch"] + 1
         best, best_epoch, bad = state["best_metric"], state["best_epoch"], state["bad_epochs"]
+        decays = int(state.get("plateau_decays_done", 0))
         history: list[dict[str, float]] = state["history"]
         stopped = False
         epoch = state["epoch"]
@@ -222,11 +227,17 @@ class Trainer(Generic[ModelT]):
                 self._save_best()
             else:
                 bad += 1
+            plateau = epoch >= cfg.min_epochs and bad >= cfg.patience
+            if plateau and decays < cfg.plateau_decays:
+                for group in self.optimizer.param_groups:
+                    group["lr"] *= cfg.lr_decay_rate
+                decays, bad, plateau = decays + 1, 0, False
+                self._say(f"epoch {epoch}: no improvement for {cfg.patience} epochs, learning rate decayed")
             row["seconds"] = time.perf_counter() - started
             history.append(row)
-            self._save_checkpoint(epoch, best, best_epoch, bad, history)
+            self._save_checkpoint(epoch, best, best_epoch, bad, history, decays)
             self._report(row, epoch, improved)
-            if epoch >= cfg.min_epochs and bad >= cfg.patience:
+            if plateau:
                 stopped = True
                 break
         self._barrier()
@@ -294,7 +305,9 @@ class Trainer(Generic[ModelT]):
     def _rank_state_path(self, epoch: int) -> Path:
         return self.checkpoint_dir / f"rank{self.dist.rank}.epoch{epoch}.pt"
 
-    def _save_checkpoint(self, epoch: int, best: float, best_epoch: int, bad: int, history: list) -> None:
+    def _save_checkpoint(
+        self, epoch: int, best: float, best_epoch: int, bad: int, history: list, plateau_decays_done: int = 0
+    ) -> None:
         # Each rank keeps its own RNG and helper states (the masker is seeded per rank).
         rank_state = {
             "epoch": epoch,
@@ -318,6 +331,7 @@ class Trainer(Generic[ModelT]):
                     "best_metric": best,
                     "best_epoch": best_epoch,
                     "bad_epochs": bad,
+                    "plateau_decays_done": plateau_decays_done,
                     "history": history,
                 },
                 self._state_path(CHECKPOINT),
@@ -337,7 +351,14 @@ class Trainer(Generic[ModelT]):
             self.model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
 
     def _resume(self) -> dict[str, Any]:
-        fresh = {"epoch": 0, "best_metric": math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
+        fresh = {
+            "epoch": 0,
+            "best_metric": math.inf,
+            "best_epoch": 0,
+            "bad_epochs": 0,
+            "plateau_decays_done": 0,
+            "history": [],
+        }
         path = self._state_path(CHECKPOINT)
         if self.dist.is_main:
             for stale in self.checkpoint_dir.glob(".*.tmp"):  # left by a kill during a save

@@ -27,10 +27,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -592,6 +595,40 @@ def node_mae(docs: list[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
         return list(docs[0]["nodes"]["node_ids"]), np.where(count > 0, abs_sum / count, np.nan)
 
 
+def cluster_map_points(
+    clusters: dict[str, Any], errors: tuple[str, list[dict[str, Any]]] | None, locations: Path
+) -> pd.DataFrame:
+    """One row per study sensor found in ``locations`` (matched by sensor id, not by row order):
+    its longitude, latitude, modal cluster, whether that cluster is stable all day and, with
+    ``errors``, its pooled per-sensor test MAE (NaN without)."""
+    import pandas as pd
+
+    table = pd.read_csv(locations, dtype={"sensor_id": str}).set_index("sensor_id")
+    missing = {"longitude", "latitude"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{locations}: no column {', '.join(sorted(missing))}")
+    ids = [i for i in clusters["node_ids"] if i in table.index]
+    if not ids:
+        raise ValueError(f"{locations}: no sensor_id matches the study's node ids")
+    position = {node: i for i, node in enumerate(clusters["node_ids"])}
+    take = np.array([position[i] for i in ids])
+    mae = np.full(len(ids), np.nan)
+    if errors:
+        node_ids, values = node_mae(errors[1])
+        by_id = dict(zip(node_ids, values, strict=True))
+        mae = np.array([by_id.get(i, np.nan) for i in ids], dtype=float)
+    return pd.DataFrame(
+        {
+            "sensor_id": ids,
+            "longitude": table.loc[ids, "longitude"].to_numpy(dtype=float),
+            "latitude": table.loc[ids, "latitude"].to_numpy(dtype=float),
+            "cluster": np.asarray(clusters["modal"])[take],
+            "stable": np.asarray(clusters["stable"], dtype=bool)[take],
+            "mae": mae,
+        }
+    )
+
+
 def plot_cluster_map(
     clusters: dict[str, Any], errors: tuple[str, list[dict[str, Any]]] | None, locations: Path, path: Path
 ) -> Path:
@@ -601,16 +638,11 @@ def plot_cluster_map(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pandas as pd
 
-    table = pd.read_csv(locations, dtype={"sensor_id": str}).set_index("sensor_id")
-    ids = [i for i in clusters["node_ids"] if i in table.index]
-    if not ids:
-        raise ValueError(f"{locations}: no sensor_id matches the study's node ids")
-    lon, lat = table.loc[ids, "longitude"].to_numpy(), table.loc[ids, "latitude"].to_numpy()
-    position = {node: i for i, node in enumerate(clusters["node_ids"])}
-    take = np.array([position[i] for i in ids])
-    modal, stable = np.asarray(clusters["modal"])[take], np.asarray(clusters["stable"])[take]
+    points = cluster_map_points(clusters, errors, locations)
+    ids = points["sensor_id"].tolist()
+    lon, lat = points["longitude"].to_numpy(), points["latitude"].to_numpy()
+    modal, stable = points["cluster"].to_numpy(), points["stable"].to_numpy()
     fig, axes = plt.subplots(1, 2 if errors else 1, figsize=(13 if errors else 6.5, 5.5), squeeze=False)
     ax = axes[0][0]
     cmap = plt.get_cmap("tab10", clusters["clusters"])
@@ -633,12 +665,9 @@ def plot_cluster_map(
     ax.set_ylabel("latitude")
     if errors:
         label, group = errors
-        node_ids, mae = node_mae(group)
-        by_id = dict(zip(node_ids, mae, strict=True))
-        values = np.array([by_id.get(i, np.nan) for i in ids])
         ax = axes[0][1]
-        points = ax.scatter(lon, lat, c=values, cmap="viridis", s=22)
-        fig.colorbar(points, ax=ax, label="test MAE")
+        drawn = ax.scatter(lon, lat, c=points["mae"].to_numpy(), cmap="viridis", s=22)
+        fig.colorbar(drawn, ax=ax, label="test MAE")
         ax.set_title(f"per-sensor test MAE, {label} ({len(group)} seeds pooled)")
         ax.set_xlabel("longitude")
     fig.tight_layout()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from .conftest import REPO_ROOT
@@ -142,3 +143,28 @@ def test_an_ablation_study_finetunes_each_configuration_scores_robustness_and_ma
 
     assert study.main(args) == 0  # a rerun of a complete study computes nothing
     assert json.loads((store / "tgcn" / "gptst" / "seed0.json").read_text()) == gptst
+
+
+def test_the_cluster_map_places_each_sensor_at_its_own_coordinates_by_id(tmp_path: Path):
+    """Rows of the locations file in another order, one study sensor without a location and one
+    location of no study sensor: each drawn point carries its own sensor's coordinates, cluster,
+    stability and MAE."""
+    study = _study_module()
+    locations = tmp_path / "locations.csv"
+    locations.write_text(
+        "index,sensor_id,latitude,longitude\n0,773869,34.3,-118.3\n1,000001,0.0,0.0\n2,767541,34.1,-118.1\n"
+    )
+    clusters = {"node_ids": ["767541", "716331", "773869"], "modal": [4, 2, 7], "stable": [True, False, False]}
+    errors = (
+        "gwn/gptst",
+        [{"nodes": {"node_ids": clusters["node_ids"], "abs_sum": [3.0, 4.0, 10.0], "count": [1, 2, 4]}}],
+    )
+    points = study.cluster_map_points(clusters, errors, locations).set_index("sensor_id")
+    assert list(points.index) == ["767541", "773869"]  # the study's order; 716331 has no location
+    assert points.loc["767541"].tolist() == [-118.1, 34.1, 4, True, 3.0]
+    assert points.loc["773869"].tolist() == [-118.3, 34.3, 7, False, 2.5]
+    assert study.cluster_map_points(clusters, None, locations)["mae"].isna().all()
+
+    locations.write_text("sensor_id,lat,lon\n773869,34.3,-118.3\n")
+    with pytest.raises(ValueError, match=r"locations.csv: no column latitude, longitude"):
+        study.cluster_map_points(clusters, None, locations)

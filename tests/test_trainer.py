@@ -216,3 +216,16 @@ def test_logs_stay_quiet_outside_a_terminal(data, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "it/s" not in err and "\r" not in err  # no progress bar in CI logs
     assert [line.split()[1] for line in out.splitlines() if line.startswith("epoch")] == ["1/2", "2/2"]
+
+
+def test_pretraining_and_finetuning_pass_their_plateau_and_decay_settings_to_the_trainer():
+    from gptst.params import FinetuneCommon, PretrainParams
+    from gptst.training.finetune import finetune_trainer_config
+    from gptst.training.pretrain import pretrain_trainer_config
+
+    settings = {"epochs": 40, "patience": 3, "plateau_decays": 2, "lr_decay_epochs": [10], "lr_decay_rate": 0.5}
+    for config in (
+        pretrain_trainer_config(PretrainParams(**settings)),
+        finetune_trainer_config(FinetuneCommon(**settings)),
+    ):
+        assert {k: getattr(config, k) for k in settings} == settings

@@ -32,7 +32,7 @@ from gptst.models.forecaster import ENCODER_VARIANTS, Forecaster, input_dim
 from gptst.models.forecaster_bundle import ForecasterBundle
 from gptst.models.gptst.bundle import EncoderBundle, check_compatible
 from gptst.models.gptst.model import GPTST, build_model
-from gptst.params import Params
+from gptst.params import FinetuneCommon, Params
 from gptst.training.baseline_config import baseline_config
 from gptst.training.trainer import (
     Distributed,
@@ -261,17 +261,7 @@ def finetune(
         forecaster,
         step,
         [ParamGroup("forecaster", forecaster.trainable_parameters(), common.grad_clip)],
-        TrainerConfig(
-            epochs=common.epochs,
-            lr=common.lr,
-            lr_decay_epochs=common.lr_decay_epochs,
-            lr_decay_rate=common.lr_decay_rate,
-            weight_decay=common.weight_decay,
-            patience=common.patience,
-            plateau_decays=common.plateau_decays,
-            selection="val",
-            amp=common.amp,
-        ),
+        finetune_trainer_config(common),
         checkpoint_dir=state_dir,
         device=device,
         val_fn=val_fn,
@@ -346,3 +336,18 @@ def score_forecaster(
     windows = data.splits[params.promotion.window].last(params.promotion.max_windows)
     table, _ = predict_windows(bundle.forecaster, data, windows, params.finetune.common.batch_size)
     return float(table["avg"][params.promotion.metric])
+
+
+def finetune_trainer_config(common: FinetuneCommon) -> TrainerConfig:
+    """The trainer settings of ``finetune.common`` params (selection on validation MAE)."""
+    return TrainerConfig(
+        epochs=common.epochs,
+        lr=common.lr,
+        lr_decay_epochs=common.lr_decay_epochs,
+        lr_decay_rate=common.lr_decay_rate,
+        weight_decay=common.weight_decay,
+        patience=common.patience,
+        plateau_decays=common.plateau_decays,
+        selection="val",
+        amp=common.amp,
+    )

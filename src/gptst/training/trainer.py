@@ -306,7 +306,7 @@ class Trainer(Generic[ModelT]):
         return self.checkpoint_dir / f"rank{self.dist.rank}.epoch{epoch}.pt"
 
     def _save_checkpoint(
-        self, epoch: int, best: float, best_epoch: int, bad: int, history: list, plateau_decays_done: int = 0
+        self, epoch: int, best: float, best_epoch: int, bad: int, history: list, plateau_decays_done: int
     ) -> None:
         # Each rank keeps its own RNG and helper states (the masker is seeded per rank).
         rank_state = {

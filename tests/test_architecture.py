@@ -22,7 +22,7 @@ _SCRIPT = re.compile(r"python\s+(stages/\w+\.py)")
 # ------------------------------------------------------------------------------------ layering
 # The allowed imports between components, written once. A component is a top-level module or
 # package of gptst (models/* is one component), or `stages` / `flows`. gptst/__init__ is empty.
-BOTTOM = frozenset({"errors", "io", "layout", "project", "device", "code_closure"})
+BOTTOM = frozenset({"errors", "io", "layout", "project", "device", "code_closure", "timing"})
 ALLOWED: Mapping[str, frozenset[str]] = {
     **{name: frozenset() for name in BOTTOM},
     "metrics": BOTTOM,

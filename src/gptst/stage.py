@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 
 from gptst.errors import EXIT_OK, InputError
+from gptst.timing import begin_stage, record_stage_timings
 
 
 def restore_hint() -> str:
@@ -29,16 +30,21 @@ def run_stage(body: Callable[[], int | None]) -> int:
     clear line on stderr; any other exception propagates (Python exits 1 with the traceback).
     Outputs are written atomically by the library, so an error leaves earlier outputs as they were.
     """
+    began, code = begin_stage(), 1
     try:
-        return body() or EXIT_OK
+        code = body() or EXIT_OK
+        return code
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         hint = restore_hint()
         if hint:
             print(hint, file=sys.stderr)
-        return err.exit_code
+        code = err.exit_code
+        return code
     except BaseException:
         hint = restore_hint()
         if hint:
             print(hint, file=sys.stderr)
         raise
+    finally:
+        record_stage_timings(os.environ.get("DVC_STAGE") or os.path.basename(sys.argv[0]), began, code)

@@ -26,6 +26,7 @@ import torch
 from gptst.data.batch import WindowBatcher
 from gptst.errors import InputError
 from gptst.models.gptst.bundle import EncoderBundle
+from gptst.timing import phase
 
 INDEX = "index.json"
 STARTS = "starts.npy"
@@ -94,9 +95,9 @@ def write_encoded(
                 count = min(rows, len(starts) - first)
                 name = f"{encoder_sha256}/shard_{k:03d}.npy"
                 shard = np.lib.format.open_memmap(tmp / name, mode="w+", dtype=np.float16, shape=(count, *shape))
-                for lo in range(0, count, batch_size):
-                    batch = batcher.gather(starts[first + lo : first + min(lo + batch_size, count)]).to(device)
-                    with torch.no_grad():
+                with torch.no_grad(), phase("encode"):
+                    for lo in range(0, count, batch_size):
+                        batch = batcher.gather(starts[first + lo : first + min(lo + batch_size, count)]).to(device)
                         shard[lo : lo + len(batch)] = model.encode(batch.x, batch.cal).to(torch.float16).cpu().numpy()
                 shard.flush()
                 del shard

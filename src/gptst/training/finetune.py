@@ -33,6 +33,7 @@ from gptst.models.forecaster_bundle import ForecasterBundle
 from gptst.models.gptst.bundle import EncoderBundle, check_compatible
 from gptst.models.gptst.model import GPTST, build_model
 from gptst.params import FinetuneCommon, Params
+from gptst.timing import phase
 from gptst.training.baseline_config import baseline_config
 from gptst.training.trainer import (
     Distributed,
@@ -187,7 +188,7 @@ def predict_windows(
     forecaster.eval()
     if transform is not None:
         cache = None
-    with torch.no_grad():
+    with torch.no_grad(), phase("evaluate"):
         for batch in data.batcher.batches(windows, batch_size):
             if transform is not None:
                 batch = transform(batch)

@@ -27,6 +27,7 @@ from gptst.models.gptst.masker import AdaptiveMasker
 from gptst.models.gptst.model import GPTST, build_model
 from gptst.models.gptst.objective import PretrainObjective
 from gptst.params import GptstModelParams, Params, PretrainParams
+from gptst.timing import phase
 from gptst.training.trainer import Distributed, FitResult, ParamGroup, StepResult, Trainer, TrainerConfig, epoch_batches
 
 
@@ -151,19 +152,20 @@ def reconstruction_mae(
     same masks. With an adaptive masker the predictor's labels drive it.
     """
     total, count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
-    for lo in range(0, len(windows), batch_size):
-        starts = windows.starts[lo : lo + batch_size]
-        if read is not None:
-            read.update(int(s) for s in starts)
-        batch = batcher.gather(starts).to(device)
-        labels = None
-        if masker.strategy == "adaptive" and model.cfg.use_clusters:
-            labels = model.predict_clusters(batch.x, batch.cal).argmax(dim=-1)
-        mask = masker(labels, epoch, shape=batch.x.shape[:3], device=batch.x.device)
-        recon = scaler.inverse_transform(model(batch.x, batch.cal, mask).recon.float())
-        cells = mask[..., None] & valid_mask(batch.x_raw, null_value)
-        total += (recon - batch.x_raw).abs()[cells].sum().double().cpu()
-        count += cells.sum().double().cpu()
+    with phase("evaluate"):
+        for lo in range(0, len(windows), batch_size):
+            starts = windows.starts[lo : lo + batch_size]
+            if read is not None:
+                read.update(int(s) for s in starts)
+            batch = batcher.gather(starts).to(device)
+            labels = None
+            if masker.strategy == "adaptive" and model.cfg.use_clusters:
+                labels = model.predict_clusters(batch.x, batch.cal).argmax(dim=-1)
+            mask = masker(labels, epoch, shape=batch.x.shape[:3], device=batch.x.device)
+            recon = scaler.inverse_transform(model(batch.x, batch.cal, mask).recon.float())
+            cells = mask[..., None] & valid_mask(batch.x_raw, null_value)
+            total += (recon - batch.x_raw).abs()[cells].sum().double().cpu()
+            count += cells.sum().double().cpu()
     return float(total / count) if count > 0 else math.nan
 
 

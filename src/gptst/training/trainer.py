@@ -32,6 +32,7 @@ from torch import nn
 
 from gptst.data.batch import Batch
 from gptst.io import atomic_path
+from gptst.timing import phase
 from gptst.training.grad import clip_grad_norm
 
 CHECKPOINT = "last.pt"
@@ -198,6 +199,10 @@ class Trainer(Generic[ModelT]):
     # ------------------------------------------------------------------------------ training
     def fit(self, train_batches: Callable[[int], Iterable[Batch]], steps_per_epoch: int | None = None) -> FitResult:
         """Train from the last checkpoint (if it has this run's identity) to the end."""
+        with phase("train"):
+            return self._fit(train_batches, steps_per_epoch)
+
+    def _fit(self, train_batches: Callable[[int], Iterable[Batch]], steps_per_epoch: int | None) -> FitResult:
         cfg = self.config
         state = self._resume()
         start = state["epoch"] + 1

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from speed_common import ROOT, matmul_gflops, relative, run_child
+
 RESULTS = ROOT / "bench" / "results" / "pretrain_speed.json"
 
 CHILD = r"""
@@ -42,12 +42,6 @@ from gptst.models.gptst.objective import PretrainObjective
 from gptst.params import DatasetParams, GptstModelParams, PretrainParams, WindowParams
 from gptst.training.pretrain import gptst_config, pretrain_masker
 import tempfile
-
-def status_kb(field):
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
 
 with tempfile.TemporaryDirectory() as tmp:
     source = root / "data/raw/metr-la-week/metr-la-week.h5"
@@ -85,9 +79,7 @@ def infer_step():
 
 step = train_step if mode == "train" else infer_step
 model.train(mode == "train")
-with open("/proc/self/clear_refs", "w") as fh:
-    fh.write("5")  # reset the high-water mark: count only what the steps add
-base = status_kb("VmRSS")
+base = reset_peak_rss()
 step()  # warm-up (allocator, Adam state)
 times = []
 for _ in range(steps):
@@ -105,24 +97,6 @@ print(json.dumps({
 }))
 """
 
-MATMUL = r"""
-import json, statistics, time, torch
-n = 2048
-a, b = torch.randn(n, n), torch.randn(n, n)
-a @ b
-times = []
-for _ in range(10):
-    t0 = time.perf_counter(); a @ b; times.append(time.perf_counter() - t0)
-print(json.dumps({"matmul_gflops": 2 * n**3 / statistics.median(times) / 1e9}))
-"""
-
-
-def run(code: str, *args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"benchmark child failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,12 +106,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    matmul = run(MATMUL)["matmul_gflops"]
+    matmul = matmul_gflops()
     configs = [(b, "train") for b in args.batches] + [(max(args.batches), "infer")]
     rows = []
     for batch, mode in configs:
         for impl in args.impls:
-            row = run(CHILD, impl, str(batch), mode, str(args.steps), str(ROOT))
+            row = run_child(CHILD, impl, str(batch), mode, str(args.steps), str(ROOT))
             row["matmul_gflops"] = matmul
             rows.append(row)
             print(f"  done: {impl:<5} {mode:<5} batch {batch:>3}: {row['step_median_s']:.3f} s", file=sys.stderr)
@@ -166,7 +140,7 @@ def main() -> None:
             print(f"naive/fast {mode} batch {batch}: {ratio:.2f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"written: {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    print(f"written: {relative(args.out)}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from torch import nn
 
 from gptst.graph.bundle import GraphBundle
 from gptst.graph.normalize import chebyshev_polynomials, scaled_laplacian
+from gptst.models.dropout import Dropout
 from gptst.models.baselines.registry import BaselineConfig, register_baseline
 
 
@@ -114,7 +115,7 @@ class ASTGCNBlock(nn.Module):
         self.time_conv = nn.Conv2d(cheb_filters, time_filters, kernel_size=(1, 3), padding=(0, 1))
         self.residual = nn.Conv2d(c_in, time_filters, kernel_size=1)
         self.norm = nn.LayerNorm(time_filters)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, T, F] -> [B, N, T, time_filters]
         temporal = self.temporal_attention(x)

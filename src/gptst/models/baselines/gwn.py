@@ -29,6 +29,7 @@ from torch import nn
 
 from gptst.graph.bundle import GraphBundle
 from gptst.graph.normalize import double_transition
+from gptst.models.dropout import Dropout
 from gptst.models.baselines.registry import BaselineConfig, register_baseline
 
 # Diffusion steps per support (the paper's K); the GPT-ST port and the original both use 2.
@@ -48,7 +49,7 @@ class DiffusionGraphConv(nn.Module):
         super().__init__()
         self.steps = steps
         self.mix = nn.Conv2d((num_supports * steps + 1) * channels_in, channels_out, kernel_size=(1, 1))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, supports: list[torch.Tensor]) -> torch.Tensor:
         # x [B, C, N, L]. Node w gathers sum_v A[v, w] x_v, the reference's orientation: with

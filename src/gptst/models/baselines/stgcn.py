@@ -28,6 +28,7 @@ from torch import nn
 
 from gptst.graph.bundle import GraphBundle
 from gptst.graph.normalize import chebyshev_polynomials, scaled_laplacian
+from gptst.models.dropout import Dropout
 from gptst.models.baselines.registry import BaselineConfig, register_baseline
 
 
@@ -111,7 +112,7 @@ class STConvBlock(nn.Module):
         self.spatial = ChebGraphConv(polynomials, c_mid, c_mid)
         self.temporal_out = TemporalConv(kernel_t, c_mid, c_out, "relu")
         self.norm = nn.LayerNorm((num_nodes, c_out))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.temporal_out(self.spatial(self.temporal_in(x)))

@@ -21,6 +21,7 @@ from torch import nn
 
 from gptst.graph.bundle import GraphBundle
 from gptst.graph.normalize import normalized_adjacency
+from gptst.models.dropout import Dropout
 from gptst.models.baselines.registry import BaselineConfig, register_baseline
 
 
@@ -84,7 +85,7 @@ class TGCN(nn.Module):
         # Derived from the graph at build time, so not part of the state_dict.
         self.register_buffer("adj", torch.from_numpy(normalized_adjacency(graph.adj, self_loops=True)), persistent=False)
         self.cell = GraphGruCell(in_dim, params.hidden)
-        self.dropout = nn.Dropout(params.dropout)
+        self.dropout = Dropout(params.dropout)
         self.output = nn.Linear(params.hidden, out_steps * out_dim)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

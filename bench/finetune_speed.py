@@ -1,0 +1,176 @@
+"""Downstream training step per baseline and variant: time, throughput, FLOPs, peak RSS.
+
+Each (baseline, variant) runs in its own process on the real embedded METR-LA week (N=207,
+12 -> 12) at the sizes of ``--preset`` (default ``cpu``, the demonstration's), as the finetune
+stage trains it: forecast (the gptst variants read the fp16 encode cache, as finetune does),
+the baseline's loss on raw values, backward, gradient clipping and the Adam update. The batch
+gather is left out (the same for every variant). The encoder is an untrained GPT-ST of the
+preset's pre-training sizes: its weights do not change the cost of reading its cache.
+
+    python bench/finetune_speed.py [--baselines gwn stgcn ...] [--variants plain gptst] [--batch 32]
+                                   [--steps 10] [--profile gwn:plain]
+
+Prints a table (baseline, variant, B, step s, samples/s, GFLOP/step, share of the matmul rate
+measured in the same run, peak RSS), each gptst step against its plain one (target <= 1.2x),
+and with ``--profile`` the per-op table of the named items. Writes bench/results/finetune_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from speed_common import ROOT, matmul_gflops, relative, run_child
+
+RESULTS = ROOT / "bench" / "results" / "finetune_speed.json"
+BASELINES = ["gwn", "stgcn", "mtgnn", "astgcn", "tgcn"]
+VARIANTS = ["plain", "calendar", "gptst"]
+GPTST_OVER_PLAIN_TARGET = 1.2
+
+CHILD = r"""
+import json, statistics, sys, tempfile, time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+baseline, variant, batch_size, steps, preset, profile = (
+    sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6] == "1"
+)
+from gptst.data.ingest import ingest
+from gptst.data.series import load_series
+from gptst.graph.adjacency import build_adjacency
+from gptst.graph.bundle import GraphBundle
+from gptst.models.encoded import EncodedCache, write_encoded
+from gptst.models.gptst.bundle import EncoderBundle
+from gptst.params import load_params
+from gptst.training.finetune import DownstreamData, build_forecaster, downstream_loss, forecast
+from gptst.training.grad import clip_grad_norm
+from gptst.training.pretrain import build_pretrain_model
+
+params = load_params("params.yaml", {"preset": preset})
+work = Path(tempfile.mkdtemp(prefix="gptst-finetune-speed-"))
+ingest(params.dataset, params.path(params.dataset.series), work / "series.parquet", work / "meta.json")
+series = load_series(work / "series.parquet")
+adj, node_ids = build_adjacency(params.path(params.dataset.graph), series.node_ids, params.graph)
+data = DownstreamData.prepare(params, series, GraphBundle(adj=adj, node_ids=node_ids))
+starts = data.splits.train.starts[:batch_size]
+batch = data.batcher.gather(starts)
+encoder, cache = None, None
+if variant in ("gptst", "gptst_random"):
+    encoder = build_pretrain_model(params, series, data.scaler).eval().requires_grad_(False)
+    bundle = EncoderBundle(
+        model=encoder, config=encoder.cfg, scaler=data.scaler, node_ids=list(series.node_ids),
+        channels=list(series.channels), t_in=params.windows.t_in, freq=series.freq, steps_per_day=288,
+        dataset="bench", meta={}, source="bench",
+    )
+    write_encoded(work / "encoded", bundle, data.batcher, starts, encoder_sha256="bench", max_gb=100.0)
+    cache = EncodedCache.open(work / "encoded", "bench")
+forecaster = build_forecaster(params, data, baseline, variant, encoder)
+params_count = sum(p.numel() for p in forecaster.trainable_parameters())
+loss_fn = downstream_loss(params, baseline)
+trainable = forecaster.trainable_parameters()
+optimiser = torch.optim.Adam(trainable, lr=params.finetune.common.lr)
+clip = params.finetune.common.grad_clip
+forecaster.train()
+
+def train_step():
+    optimiser.zero_grad(set_to_none=True)
+    loss = loss_fn(forecast(forecaster, data, batch, cache), batch.y, data.null_value)
+    loss.backward()
+    if clip:
+        clip_grad_norm(trainable, clip)
+    optimiser.step()
+
+train_step()  # warm-up (allocator, Adam state)
+base = reset_peak_rss()
+train_step()
+times = []
+for _ in range(steps):
+    t0 = time.perf_counter()
+    train_step()
+    times.append(time.perf_counter() - t0)
+peak = status_kb("VmHWM")
+with FlopCounterMode(display=False) as counter:
+    train_step()
+table = ""
+if profile:
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            train_step()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48)
+print(json.dumps({
+    "baseline": baseline, "variant": variant, "batch": batch_size, "preset": preset,
+    "step_median_s": statistics.median(times), "step_min_s": min(times), "step_max_s": max(times),
+    "peak_rss_increase_mb": (peak - base) / 1024, "params": params_count,
+    "gflop_per_step": counter.get_total_flops() / 1e9, "threads": torch.get_num_threads(), "profile": table,
+}))
+"""
+
+
+def gptst_ratios(rows: list[dict]) -> dict[str, float]:
+    """Each baseline's gptst step time over its plain one (same batch, same run)."""
+    by = {(r["baseline"], r["variant"]): r["step_median_s"] for r in rows}
+    return {b: by[(b, "gptst")] / by[(b, "plain")] for b, v in by if v == "plain" and (b, "gptst") in by}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baselines", nargs="+", default=BASELINES)
+    parser.add_argument(
+        "--variants", nargs="+", default=VARIANTS, choices=["plain", "calendar", "gptst", "gptst_random"]
+    )
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per item (after two warm-ups)")
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--profile", nargs="*", default=[], metavar="BASELINE:VARIANT", help="per-op tables of these")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    matmul = matmul_gflops()
+    rows = []
+    for baseline in args.baselines:
+        for variant in args.variants:
+            profile = f"{baseline}:{variant}" in args.profile
+            row = run_child(
+                CHILD, baseline, variant, str(args.batch), str(args.steps), args.preset, "1" if profile else "0"
+            )
+            row["matmul_gflops"] = matmul
+            rows.append(row)
+            print(f"  done: {baseline}/{variant}: {row['step_median_s'] * 1e3:.0f} ms", file=sys.stderr)
+
+    print(
+        f"\nFinetune training step, METR-LA week (N=207, 12 -> 12), preset {args.preset}; median of {args.steps} "
+        f"steps; dense fp32 matmul {matmul:.1f} GFLOP/s"
+    )
+    header = (
+        f"{'baseline':<8} {'variant':<12} {'B':>3} {'step ms':>8} {'samples/s':>10} {'GFLOP':>7} "
+        f"{'% matmul':>9} {'peak RSS +MB':>13} {'params':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        rate = r["gflop_per_step"] / r["step_median_s"]
+        print(
+            f"{r['baseline']:<8} {r['variant']:<12} {r['batch']:>3} {r['step_median_s'] * 1e3:>8.1f} "
+            f"{r['batch'] / r['step_median_s']:>10.1f} {r['gflop_per_step']:>7.2f} {100 * rate / matmul:>8.1f}% "
+            f"{r['peak_rss_increase_mb']:>13.0f} {r['params']:>9,}"
+        )
+    ratios = gptst_ratios(rows)
+    for baseline, ratio in ratios.items():
+        verdict = "ok" if ratio <= GPTST_OVER_PLAIN_TARGET else f"over the {GPTST_OVER_PLAIN_TARGET}x target"
+        print(f"{baseline}: gptst step / plain step = {ratio:.2f}x ({verdict})")
+    for r in rows:
+        if r["profile"]:
+            print(f"\nper-op profile, {r['baseline']}/{r['variant']} (3 steps):\n{r['profile']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rows": rows, "gptst_over_plain": ratios}, indent=2) + "\n")
+    print(f"written: {relative(args.out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The baselines' dropout: nn.Dropout's behaviour (inverted scaling, identity in eval or at p=0),
+with a mask drawn as uniform >= p on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptst.models.dropout import Dropout, dropout
+
+
+def test_training_zeroes_a_share_p_and_scales_the_rest_by_one_over_one_minus_p():
+    torch.manual_seed(0)
+    x = torch.full((200_000,), 2.0)
+    out = dropout(x, 0.3, training=True)
+    dropped = out == 0
+    assert dropped.float().mean().item() == pytest.approx(0.3, abs=0.005)
+    torch.testing.assert_close(out[~dropped], torch.full_like(out[~dropped], 2.0 / 0.7))
+    assert out.mean().item() == pytest.approx(2.0, rel=0.01)  # the expectation is kept
+
+
+def test_the_gradient_is_the_same_scaled_mask_as_the_forward():
+    torch.manual_seed(1)
+    x = torch.randn(64, 33, requires_grad=True)
+    out = dropout(x, 0.5, training=True)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    kept = out != 0
+    torch.testing.assert_close(grad[kept], torch.full_like(grad[kept], 2.0))
+    assert (grad[~kept] == 0).all()
+
+
+def test_eval_mode_and_p_zero_return_the_input_itself():
+    x = torch.randn(4, 5)
+    layer = Dropout(0.3).eval()
+    assert layer(x) is x
+    assert dropout(x, 0.0, training=True) is x
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0])
+def test_a_probability_outside_zero_to_one_is_refused(p):
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(p)

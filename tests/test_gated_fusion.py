@@ -1,0 +1,47 @@
+"""The gated fusion of the gptst variants (GPTST_SPEC section 7) computes the spec's formula, with
+the same parameters and gradients, while doing the low-rank signal's products on its factors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptst.models.forecaster import GatedFusion
+
+
+def spec_fusion(fusion: GatedFusion, x: torch.Tensor, h_pre: torch.Tensor) -> torch.Tensor:
+    """``Linear(z * H_pre + (1 - z) * X_lin)``, ``z = sigmoid(W1 H_pre + W2 X_lin + b)``, literally."""
+    x_lin = fusion.signal(x)
+    z = torch.sigmoid(fusion.gate_pre(h_pre) + fusion.gate_signal(x_lin))
+    return fusion.out(z * h_pre + (1 - z) * x_lin)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_the_fusion_equals_the_spec_formula_and_its_gradients(channels):
+    torch.manual_seed(0)
+    fusion = GatedFusion(channels, 16).double()
+    x = torch.randn(3, 12, 7, channels, dtype=torch.float64, requires_grad=True)
+    h_pre = torch.randn(3, 12, 7, 16, dtype=torch.float64)
+    ours, spec = fusion(x, h_pre), spec_fusion(fusion, x, h_pre)
+    torch.testing.assert_close(ours, spec, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(ours)
+    inputs = [x, *fusion.parameters()]
+    for got, want in zip(
+        torch.autograd.grad((ours * weights).sum(), inputs),
+        torch.autograd.grad((spec * weights).sum(), inputs),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_the_fusion_keeps_the_four_linear_layers_of_the_spec():
+    fusion = GatedFusion(1, 8)
+    assert sorted(fusion.state_dict()) == [
+        "gate_pre.weight",
+        "gate_signal.bias",
+        "gate_signal.weight",
+        "out.bias",
+        "out.weight",
+        "signal.bias",
+        "signal.weight",
+    ]

@@ -31,7 +31,7 @@ QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || tru
 # `make run-all`: every default baseline instead of the demonstration's T-GCN alone.
 ALL_BASELINES ?= gwn,stgcn,mtgnn,astgcn,tgcn
 
-.PHONY: help install run run-all lint test ui bench bench-accuracy bench-ablations
+.PHONY: help install run run-all lint test ui bench bench-accuracy bench-ablations gpu-deps
 
 help:
 	@echo "make run    - install (first time) and run the whole pipeline (dvc repro) on the embedded data"
@@ -39,7 +39,8 @@ help:
 	@echo "make test   - install (first time), lint, and run the test suite"
 	@echo "make lint   - ruff (lint + format check) and mypy (src/gptst); config in pyproject.toml"
 	@echo "make ui     - MLflow UI on http://127.0.0.1:$(UI_PORT)"
-	@echo "make bench  - benchmarks (ingest memory, GPT-ST pre-training speed); tables on stdout"
+	@echo "make bench  - benchmarks (ingest memory, pre-training and finetuning speed, stage fixed cost); tables on stdout"
+	@echo "make gpu-deps - wheels for bench/gpu.sh on a GPU machine without a package registry (bench/gpu-deps/)"
 	@echo "make bench-accuracy [QUICK=1] - the accuracy study of bench/accuracy.yaml (resumable; bench/results/accuracy.md)"
 	@echo "make bench-ablations [QUICK=1] - ablations and robustness of bench/ablations.yaml (resumable; bench/results/ablations.md)"
 	@echo "make server - Prefect server and UI on http://127.0.0.1:$(PREFECT_PORT)"
@@ -78,6 +79,19 @@ ui: $(STAMP)
 bench: $(STAMP)
 	python bench/ingest_memory.py
 	python bench/pretrain_speed.py
+	python bench/finetune_speed.py
+	python bench/stage_overhead.py
+
+# bench/gpu.sh on a GPU machine whose Python has torch, numpy, pandas, pyarrow, pyyaml and h5py but
+# no package registry: the wheels of the other imports, for that machine's Python (GPU_PYTHON).
+GPU_PYTHON ?= 3.12
+GPU_WHEELS := pydantic pydantic-core annotated-types typing-inspection
+gpu-deps: $(STAMP)
+	rm -rf bench/gpu-deps && mkdir -p bench/gpu-deps/wheels
+	python -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d bench/gpu-deps/wheels \
+	  $$(python -c "import importlib.metadata as m; print(' '.join(f'{n}=={m.version(n)}' for n in '$(GPU_WHEELS)'.split()))")  2>&1 | $(QUIET_PIP)
+	@ls bench/gpu-deps/wheels
 
 # Resumable: a rerun continues where a killed one stopped. QUICK=1: one seed of Graph WaveNet.
 bench-accuracy: $(STAMP)

@@ -2,9 +2,9 @@
 
 Each (baseline, variant) runs in its own process on the real embedded METR-LA week (N=207,
 12 -> 12) at the sizes of ``--preset`` (default ``cpu``, the demonstration's), as the finetune
-stage trains it: forecast (the gptst variants read the fp16 encode cache, as finetune does),
-the baseline's loss on raw values, backward, gradient clipping and the Adam update. The batch
-gather is left out (the same for every variant). The encoder is an untrained GPT-ST of the
+stage trains it (``Trainer.train_step``): forecast (the gptst variants read the fp16 encode
+cache, as finetune does), the baseline's loss on raw values, backward, gradient clipping and the
+Adam update. The batch gather is left out (the same for every variant). The encoder is an untrained GPT-ST of the
 preset's pre-training sizes: its weights do not change the cost of reading its cache.
 
     python bench/finetune_speed.py [--baselines gwn stgcn ...] [--variants plain gptst] [--batch 32]
@@ -33,57 +33,24 @@ CHILD = r"""
 import json, statistics, sys, tempfile, time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from speed_common import ROOT, finetune_trainer, week_graph, week_series
+from gptst.params import load_params
 
 baseline, variant, batch_size, steps, preset, profile = (
     sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6] == "1"
 )
-from gptst.data.ingest import ingest
-from gptst.data.series import load_series
-from gptst.graph.adjacency import build_adjacency
-from gptst.graph.bundle import GraphBundle
-from gptst.models.encoded import EncodedCache, write_encoded
-from gptst.models.gptst.bundle import EncoderBundle
-from gptst.params import load_params
-from gptst.training.finetune import DownstreamData, build_forecaster, downstream_loss, forecast
-from gptst.training.grad import clip_grad_norm
-from gptst.training.pretrain import build_pretrain_model
-
-params = load_params("params.yaml", {"preset": preset})
-work = Path(tempfile.mkdtemp(prefix="gptst-finetune-speed-"))
-ingest(params.dataset, params.path(params.dataset.series), work / "series.parquet", work / "meta.json")
-series = load_series(work / "series.parquet")
-adj, node_ids = build_adjacency(params.path(params.dataset.graph), series.node_ids, params.graph)
-data = DownstreamData.prepare(params, series, GraphBundle(adj=adj, node_ids=node_ids))
-starts = data.splits.train.starts[:batch_size]
-batch = data.batcher.gather(starts)
-encoder, cache = None, None
-if variant in ("gptst", "gptst_random"):
-    encoder = build_pretrain_model(params, series, data.scaler).eval().requires_grad_(False)
-    bundle = EncoderBundle(
-        model=encoder, config=encoder.cfg, scaler=data.scaler, node_ids=list(series.node_ids),
-        channels=list(series.channels), t_in=params.windows.t_in, freq=series.freq, steps_per_day=288,
-        dataset="bench", meta={}, source="bench",
-    )
-    write_encoded(work / "encoded", bundle, data.batcher, starts, encoder_sha256="bench", max_gb=100.0)
-    cache = EncodedCache.open(work / "encoded", "bench")
-forecaster = build_forecaster(params, data, baseline, variant, encoder)
-params_count = sum(p.numel() for p in forecaster.trainable_parameters())
-loss_fn = downstream_loss(params, baseline)
-trainable = forecaster.trainable_parameters()
-optimiser = torch.optim.Adam(trainable, lr=params.finetune.common.lr)
-clip = params.finetune.common.grad_clip
-forecaster.train()
+params = load_params(ROOT / "params.yaml", {"preset": preset})
+series = week_series()
+trainer, batch = finetune_trainer(
+    params, series, week_graph(series), baseline, variant, batch_size, "cpu", Path(tempfile.mkdtemp())
+)
+params_count = sum(p.numel() for p in trainer.model.trainable_parameters())
 
 def train_step():
-    optimiser.zero_grad(set_to_none=True)
-    loss = loss_fn(forecast(forecaster, data, batch, cache), batch.y, data.null_value)
-    loss.backward()
-    if clip:
-        clip_grad_norm(trainable, clip)
-    optimiser.step()
+    trainer.train_step(batch, 1)
 
 train_step()  # warm-up (allocator, Adam state)
 base = reset_peak_rss()

@@ -23,61 +23,28 @@ from speed_common import ROOT, matmul_gflops, relative, run_child
 RESULTS = ROOT / "bench" / "results" / "pretrain_speed.json"
 
 CHILD = r"""
-import json, statistics, sys, time
-import torch
+import json, statistics, sys, tempfile, time
 from pathlib import Path
+
+import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-impl, batch_size, mode, steps, root = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), Path(sys.argv[5])
-from gptst.data.batch import WindowBatcher
-from gptst.data.ingest import ingest
-from gptst.data.scaler import fit_train_scaler
-from gptst.data.series import load_series
-from gptst.data.windows import make_splits
-from gptst.models.gptst.config import GptstConfig
-from gptst.models.gptst.model import build_model
-from gptst.training.grad import clip_grad_norm
-from gptst.models.gptst.masker import AdaptiveMasker
-from gptst.models.gptst.objective import PretrainObjective
-from gptst.params import DatasetParams, GptstModelParams, PretrainParams, WindowParams
-from gptst.training.pretrain import gptst_config, pretrain_masker
-import tempfile
+from speed_common import ROOT, pretrain_trainer, week_series
+from gptst.params import load_params
 
-with tempfile.TemporaryDirectory() as tmp:
-    source = root / "data/raw/metr-la-week/metr-la-week.h5"
-    dataset = DatasetParams(name="bench", kind="speed", series=str(source), graph="unused", null_value=0.0)
-    ingest(dataset, source, Path(tmp) / "s.parquet", Path(tmp) / "m.json")
-    series = load_series(Path(tmp) / "s.parquet")
-windows = WindowParams()
-splits = make_splits(len(series.timestamps), dataset.split, windows)
-scaler = fit_train_scaler(series, splits.steps)
-batcher = WindowBatcher.from_series(series, scaler, windows.t_in, windows.t_out)
-batch = batcher.gather(splits.train.starts[:batch_size])
-pre = PretrainParams()  # paper defaults: 300 epochs, E0 = 10, rho 0.5, mode half
-model_params = GptstModelParams(impl=impl)
-zero = tuple(float(v) for v in scaler.transform(torch.zeros(1, 1)).reshape(-1))
-cfg = gptst_config(model_params, num_nodes=len(series.node_ids), t_in=windows.t_in, channels=1, zero_value=zero)
-torch.manual_seed(0)
-model = build_model(cfg)
+impl, batch_size, mode, steps = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+profile = sys.argv[5] == "1"
+# Paper sizes and schedule (presets/paper-metr-la.yaml: the model's defaults, E0 = 10).
+params = load_params(ROOT / "params.yaml", {"preset": "paper-metr-la", "pretrain.model.impl": impl})
+trainer, batch, epoch = pretrain_trainer(params, week_series(), batch_size, "cpu", Path(tempfile.mkdtemp()))
+model = trainer.model.model
 n_params = sum(p.numel() for p in model.parameters())
-masker = pretrain_masker(pre, seed=0)
-objective = PretrainObjective(model, masker, scaler, 0.0, pre.kl_weight, pre.change_epoch)
-optimiser = torch.optim.Adam(model.parameters(), lr=pre.lr)
-epoch = pre.change_epoch + 50  # adaptive phase: predictor, cluster masks and KL all run
-ae, pred = model.autoencoder_parameters(), model.predictor_parameters()
-
-def train_step():
-    optimiser.zero_grad(set_to_none=True)
-    loss, _ = objective(batch, epoch)
-    loss.total.backward()
-    clip_grad_norm(ae, pre.grad_clip), clip_grad_norm(pred, pre.predictor_grad_clip)
-    optimiser.step()
 
 def infer_step():
     with torch.no_grad():
         model.encode(batch.x, batch.cal)
 
-step = train_step if mode == "train" else infer_step
+step = (lambda: trainer.train_step(batch, epoch)) if mode == "train" else infer_step
 model.train(mode == "train")
 base = reset_peak_rss()
 step()  # warm-up (allocator, Adam state)
@@ -89,11 +56,18 @@ for _ in range(steps):
 peak = status_kb("VmHWM")
 with FlopCounterMode(display=False) as counter:
     step()
+table = ""
+if profile:
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            step()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48)
 print(json.dumps({
     "impl": impl, "batch": batch_size, "mode": mode, "step_median_s": statistics.median(times),
     "step_min_s": min(times), "step_max_s": max(times),
     "peak_rss_increase_mb": (peak - base) / 1024, "params": n_params,
-    "gflop_per_step": counter.get_total_flops() / 1e9, "threads": torch.get_num_threads(),
+    "gflop_per_step": counter.get_total_flops() / 1e9, "threads": torch.get_num_threads(), "profile": table,
 }))
 """
 
@@ -103,6 +77,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration (after one warm-up)")
     parser.add_argument("--impls", nargs="+", default=["fast", "naive"], choices=["fast", "naive"])
     parser.add_argument("--batches", nargs="+", type=int, default=[64, 16])
+    parser.add_argument("--profile", action="store_true", help="per-op tables (torch.profiler) of the fast impl")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -111,7 +86,8 @@ def main() -> None:
     rows = []
     for batch, mode in configs:
         for impl in args.impls:
-            row = run_child(CHILD, impl, str(batch), mode, str(args.steps), str(ROOT))
+            profile = "1" if args.profile and impl == "fast" else "0"
+            row = run_child(CHILD, impl, str(batch), mode, str(args.steps), profile)
             row["matmul_gflops"] = matmul
             rows.append(row)
             print(f"  done: {impl:<5} {mode:<5} batch {batch:>3}: {row['step_median_s']:.3f} s", file=sys.stderr)
@@ -138,6 +114,9 @@ def main() -> None:
         if ("fast", batch, mode) in by and ("naive", batch, mode) in by:
             ratio = by[("naive", batch, mode)]["step_median_s"] / by[("fast", batch, mode)]["step_median_s"]
             print(f"naive/fast {mode} batch {batch}: {ratio:.2f}x")
+    for r in rows:
+        if r.get("profile"):
+            print(f"\nper-op profile, {r['impl']} {r['mode']} batch {r['batch']} (2 steps):\n{r['profile']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
     print(f"written: {relative(args.out)}")

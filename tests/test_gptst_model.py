@@ -276,6 +276,39 @@ def test_fast_and_naive_agree_in_float32_too(week):
     torch.testing.assert_close(out_fast.cw1, out_naive.cw1, atol=1e-5, rtol=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the GPU path is checked where a GPU exists")
+def test_on_cuda_the_fast_model_matches_the_naive_twin_in_float64_and_under_bfloat16(week):
+    """The CUDA path (whole batches, no chunks or micro-batches, by the device policy) against
+    the naive twin on the CPU in float64: float64 on the GPU to ~1e-5; under the trainer's
+    bfloat16 autocast, the forward to bfloat16's ~1% and the float32 gradients stay finite."""
+    x, cal, zero_value = _windows(week, 12, STARTS, nodes=20)
+    fast = _model(x, zero_value)
+    naive = build_model(dataclasses.replace(fast.cfg, impl="naive")).double()
+    naive.load_state_dict(fast.state_dict())
+    mask = _mask(x)
+    out_naive, recon_naive, kl_naive = _losses(naive, x.double(), cal.double(), mask)
+    (recon_naive + kl_naive).backward()
+    grads_naive = _grads(naive)
+
+    gpu = fast.double().cuda()
+    out, recon, kl = _losses(gpu, x.double().cuda(), cal.double().cuda(), mask.cuda())
+    (recon + kl).backward()
+    torch.testing.assert_close(out.recon.cpu(), out_naive.recon, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.cw1.cpu(), out_naive.cw1, atol=1e-5, rtol=0)
+    for name, grad in _grads(gpu).items():
+        torch.testing.assert_close(grad.cpu(), grads_naive[name], atol=1e-5, rtol=0, msg=name)
+
+    gpu = gpu.float()
+    gpu.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out, recon, kl = _losses(gpu, x.cuda(), cal.cuda(), mask.cuda())
+    (recon + kl).backward()
+    torch.testing.assert_close(out.recon.float().cpu(), out_naive.recon.float(), atol=0.05, rtol=0.02)
+    assert all(
+        p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in gpu.parameters() if p.grad is not None
+    )
+
+
 # ------------------------------------------------------------------------------- gradients
 def test_one_backward_gives_every_parameter_a_nonzero_gradient(week):
     x, cal, zero_value = _windows(week, 12, STARTS, nodes=20)

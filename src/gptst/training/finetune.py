@@ -211,6 +211,19 @@ def downstream_loss(
     return masked_mae
 
 
+def finetune_step_fn(
+    params: Params, data: DownstreamData, baseline: str, cache: EncodedCache | None
+) -> Callable[[torch.nn.Module, Batch, int], StepResult]:
+    """The trainer's step for a forecaster: the baseline's loss on the de-normalised forecast."""
+    loss_fn = downstream_loss(params, baseline)
+
+    def step(module: torch.nn.Module, batch: Batch, epoch: int) -> StepResult:
+        # ``module`` is the forecaster, or its DDP wrapper, which forwards the same calls.
+        return StepResult(loss_fn(forecast(cast(Forecaster, module), data, batch, cache), batch.y, data.null_value))
+
+    return step
+
+
 def finetune(
     params: Params,
     data: DownstreamData,
@@ -241,17 +254,12 @@ def finetune(
         cache = _run_cache(
             Path(local_cache.name), params, data, dataclasses.replace(encoder_bundle, model=encoder), device
         )
-    loss_fn = downstream_loss(params, baseline)
     splits = data.splits
 
     def batches(epoch: int):
         chosen = epoch_batches(splits.train.starts, common.batch_size, epoch, params.seed)
         for starts in chosen[: common.max_batches_per_epoch]:
             yield data.batcher.gather(starts).to(device)
-
-    def step(module: torch.nn.Module, batch: Batch, epoch: int) -> StepResult:
-        # ``module`` is the forecaster, or its DDP wrapper, which forwards the same calls.
-        return StepResult(loss_fn(forecast(cast(Forecaster, module), data, batch, cache), batch.y, data.null_value))
 
     def val_fn(module: Forecaster, epoch: int) -> float:
         table, _ = predict_windows(module, data, splits.val, common.batch_size, cache=cache)
@@ -260,7 +268,7 @@ def finetune(
     steps = len(epoch_batches(splits.train.starts, common.batch_size, 1, params.seed)[: common.max_batches_per_epoch])
     trainer = Trainer(
         forecaster,
-        step,
+        finetune_step_fn(params, data, baseline, cache),
         [ParamGroup("forecaster", forecaster.trainable_parameters(), common.grad_clip)],
         finetune_trainer_config(common),
         checkpoint_dir=state_dir,

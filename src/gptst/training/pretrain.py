@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptst.data.batch import WindowBatcher
+from gptst.data.batch import Batch, WindowBatcher
 from gptst.data.calendar import steps_per_day
 from gptst.data.scaler import StandardScaler, fit_train_scaler
 from gptst.data.series import SeriesData
@@ -134,6 +134,27 @@ def pretrain_trainer_config(pre: PretrainParams) -> TrainerConfig:
     )
 
 
+def pretrain_step_fn(masker: AdaptiveMasker) -> Callable[[torch.nn.Module, Batch, int], StepResult]:
+    """The trainer's step for a :class:`PretrainObjective` module: the loss and its parts as logs."""
+
+    def step(module: torch.nn.Module, batch: Batch, epoch: int) -> StepResult:
+        loss, _ = module(batch, epoch)
+        logs = {"reconstruction": loss.reconstruction, "adaptive_share": masker.adaptive_share(epoch)}
+        if loss.kl_applied:
+            logs["kl"] = loss.kl
+        return StepResult(loss.total, logs)
+
+    return step
+
+
+def pretrain_groups(model: GPTST, pre: PretrainParams) -> list[ParamGroup]:
+    """Autoencoder and mask predictor, each clipped to its own norm."""
+    return [
+        ParamGroup("autoencoder", model.autoencoder_parameters(), pre.grad_clip),
+        ParamGroup("predictor", model.predictor_parameters(), pre.predictor_grad_clip),
+    ]
+
+
 def reconstruction_mae(
     model: GPTST,
     batcher: WindowBatcher,
@@ -230,20 +251,10 @@ def pretrain(
             read["train"].update(int(s) for s in starts)
             yield batcher.gather(starts)
 
-    def step(module: torch.nn.Module, batch, epoch: int) -> StepResult:
-        loss, mask = module(batch, epoch)
-        logs = {"reconstruction": loss.reconstruction, "adaptive_share": masker.adaptive_share(epoch)}
-        if loss.kl_applied:
-            logs["kl"] = loss.kl
-        return StepResult(loss.total, logs)
-
     trainer = Trainer(
         objective,
-        step,
-        [
-            ParamGroup("autoencoder", model.autoencoder_parameters(), pre.grad_clip),
-            ParamGroup("predictor", model.predictor_parameters(), pre.predictor_grad_clip),
-        ],
+        pretrain_step_fn(masker),
+        pretrain_groups(model, pre),
         pretrain_trainer_config(pre),
         checkpoint_dir=state_dir,
         device=device,

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gptst.device import device_policy
 from gptst.models.gptst.config import GptstConfig
 
 NEGATIVE_SLOPE = 0.01
@@ -170,9 +171,10 @@ NODE_CHUNK_FLOATS = 1 << 22
 
 
 def _chunks(x: Tensor, floats: int) -> list[slice]:
-    """Batch slices of about ``floats`` elements of ``x`` on the CPU; one slice on other devices."""
+    """Batch slices of about ``floats`` elements of ``x`` where the device policy chunks (the CPU);
+    one slice elsewhere."""
     B = x.shape[0]
-    if x.device.type != "cpu":
+    if not device_policy(x.device).chunked:
         return [slice(0, B)]
     size = max(1, floats // max(1, x[0].numel()))
     return [slice(lo, min(lo + size, B)) for lo in range(0, B, size)]

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from gptst.device import device_policy
 from gptst.models.gptst.config import GptstConfig
 from gptst.models.gptst.layers import (
     CalendarEncoder,
@@ -233,7 +234,7 @@ class GPTST(nn.Module):
     def _micro_batches(self, x: Tensor) -> list[slice]:
         """Equal batch slices under CPU_MICRO_BATCH_FLOATS (fast, CPU); the whole batch otherwise."""
         B, T, N, _ = x.shape
-        if self.cfg.impl != "fast" or x.device.type != "cpu":
+        if self.cfg.impl != "fast" or not device_policy(x.device).chunked:
             return [slice(0, B)]
         per_sample = T * N * self.cfg.hidden
         parts = -(-B * per_sample // CPU_MICRO_BATCH_FLOATS)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from gptst.data.batch import Batch
-from gptst.device import device_policy
+from gptst.device import device_policy, retain_freed_memory
 from gptst.io import atomic_path
 from gptst.timing import phase
 from gptst.training.grad import clip_grad_norm
@@ -78,7 +78,8 @@ class TrainerConfig:
     plateau_decays: int = 0
     selection: str = "val"  # "val" | "train_loss"
     amp: bool = False
-    amp_dtype: str | None = None  # None: the device policy's (CUDA: bfloat16, else float16); "bfloat16" enables CPU autocast
+    # None: the device policy's (CUDA: bfloat16, float16 without it); "bfloat16" enables CPU autocast
+    amp_dtype: str | None = None
     progress: bool | None = None  # None: a progress bar only on an interactive terminal outside CI
 
 
@@ -183,6 +184,8 @@ class Trainer(Generic[ModelT]):
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=list(config.lr_decay_epochs), gamma=config.lr_decay_rate
         )
+        if device_policy(device).retain_heap:
+            retain_freed_memory()
         self.amp_dtype = _amp_dtype(config, device)
         # Loss scaling is only needed for float16: bfloat16 has float32's exponent range.
         self.grad_scaler = torch.amp.GradScaler(

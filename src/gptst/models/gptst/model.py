@@ -46,11 +46,11 @@ _IMPLS: dict[str, tuple[type[TemporalHyperLayer], type[CapsuleHyperLayer], type[
 
 class GptstOutput(NamedTuple):
     """One masked pass: ``recon`` [B,T,N,C] normalised; ``cw1`` [B,T,N,HS] (detached; None
-    without clusters); ``hidden`` [B,T,N,D] encoder output."""
+    without clusters); ``hidden`` [B,T,N,D] encoder output (None when not asked for)."""
 
     recon: Tensor
     cw1: Tensor | None
-    hidden: Tensor
+    hidden: Tensor | None
 
 
 class HyperStack(nn.Module):
@@ -179,10 +179,13 @@ class GPTST(nn.Module):
             else:
                 nn.init.uniform_(param, 0.0, 1.0)
 
-    def forward(self, x: Tensor, cal: Tensor, mask: Tensor | None = None) -> GptstOutput:
+    def forward(self, x: Tensor, cal: Tensor, mask: Tensor | None = None, with_hidden: bool = True) -> GptstOutput:
         """One pass on ``x`` [B,T,N,C] (normalised) with ``mask`` [B,T,N] (True = masked).
 
         All channels of a masked (b, t, n) are masked together; the calendar is never masked.
+        ``with_hidden`` False leaves the encoder output out (pre-training's loss does not read
+        it): on the CPU, joining the micro-batches' [B,T,N,D] outputs is a fresh 40 MB mmap per
+        step at B=64.
         """
         self._check(x, cal, mask)
         parts = []
@@ -197,7 +200,7 @@ class GPTST(nn.Module):
             recon=torch.cat([p.recon for p in parts]),
             # Every micro-batch has a cw1 when the first has one (same model, same layers).
             cw1=torch.cat(cast("list[Tensor]", [p.cw1 for p in parts])) if parts[0].cw1 is not None else None,
-            hidden=torch.cat([p.hidden for p in parts]),
+            hidden=torch.cat(cast("list[Tensor]", [p.hidden for p in parts])) if with_hidden else None,
         )
 
     def predict_clusters(self, x: Tensor, cal: Tensor) -> Tensor:

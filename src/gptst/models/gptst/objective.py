@@ -51,7 +51,7 @@ class PretrainObjective(nn.Module):
         # The random strategy (an ablation) still trains the predictor but never reads its labels.
         labels = logits.detach().argmax(dim=-1) if logits is not None else None
         mask = self.masker(labels, epoch, shape=batch.x.shape[:3], device=batch.x.device)
-        out = self.model(batch.x, batch.cal, mask)
+        out = self.model(batch.x, batch.cal, mask, with_hidden=False)
         loss = pretrain_loss(
             out.recon,
             batch.x_raw,

@@ -7,7 +7,7 @@ temporary project (params.yaml with ``preset: tiny``; the preset copy trains 4 e
 decays the lr after epoch 3) on the real METR-LA week, ingested in-process. The kill comes a
 fraction of an epoch after the stage reported epoch 2, i.e. after the epoch-2 checkpoint and while
 epoch 3 (adaptive phase: predictor labels drive the masks) is running, so the dead process had
-already advanced its masker, optimiser and scheduler past the checkpoint: the rerun must rewind
+already advanced its masker, optimiser and learning rate past the checkpoint: the rerun must rewind
 all of them. The kill point is checked from the checkpoint left behind, not assumed.
 
 Both runs use one thread each (OMP_NUM_THREADS=1) and run side by side on the two cores.
@@ -249,12 +249,11 @@ def test_the_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(r
     last_a, last_b = checkpoint(runs["straight"]), checkpoint(runs["killed"])
     for name, tensor in last_a["model"].items():
         assert torch.equal(tensor, last_b["model"][name]), name
-    assert last_a["optimizer"]["param_groups"] == last_b["optimizer"]["param_groups"]
+    assert last_a["optimizer"]["param_groups"] == last_b["optimizer"]["param_groups"]  # with the decayed rate
     assert last_a["optimizer"]["state"].keys() == last_b["optimizer"]["state"].keys()
     for index, moments in last_a["optimizer"]["state"].items():
         for key, value in moments.items():
             assert torch.equal(value, last_b["optimizer"]["state"][index][key]), f"Adam {key} of parameter {index}"
-    assert last_a["scheduler"] == last_b["scheduler"]
     assert last_a["history"][-1]["lr"] == pytest.approx(0.3 * load_params(runs["straight"] / "params.yaml").pretrain.lr)
     strip = [{k: v for k, v in row.items() if k != "seconds"} for row in last_a["history"]]
     assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in last_b["history"]]

@@ -157,7 +157,7 @@ def test_every_epoch_leaves_a_complete_checkpoint(data, tmp_path):
     result = trainer.fit(batches(data, 2))
     state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert state["epoch"] == 3 and len(state["history"]) == 3
-    assert {"model", "optimizer", "scheduler", "grad_scaler", "best_metric", "bad_epochs"} <= set(state)
+    assert {"model", "optimizer", "grad_scaler", "best_metric", "bad_epochs"} <= set(state)
     assert [p.name for p in tmp_path.glob("rank0.*")] == ["rank0.epoch3.pt"]  # older rank states removed
     assert not list(tmp_path.glob(".*.tmp"))
     assert [round(r["lr"], 6) for r in result.history] == [0.01, 0.01, 0.001]  # the rate each epoch trained with

@@ -5,9 +5,9 @@ Driven by ``step_fn(model, batch, epoch) -> StepResult`` and an optional
 gradient norm of each parameter group separately, selects the best epoch (validation metric or
 training loss), stops early after ``patience`` epochs without improvement (never before
 ``min_epochs``; with ``plateau_decays`` > 0 the first such plateaus decay the learning rate and
-restart the count instead), and writes an atomic checkpoint after every epoch: model, optimiser,
-scheduler, epoch, early-stopping state, RNG states and the states of stateful helpers (the
-masker's generator), so an interrupted run resumes to the same final weights.
+restart the count instead), and writes an atomic checkpoint after every epoch: model, optimiser
+(with the current rate), epoch, early-stopping state, RNG states and the states of stateful
+helpers (the masker's generator), so an interrupted run resumes to the same final weights.
 
 Data-parallel: under ``torchrun`` the model is wrapped in ``DistributedDataParallel``; each
 rank gets its own shard of every global batch (:func:`epoch_batches`) and rank 0 alone writes
@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from gptst.data.batch import Batch
 from gptst.device import device_policy, retain_freed_memory
 from gptst.io import atomic_path
 from gptst.timing import phase
+from gptst.training.adam import Adam
 from gptst.training.grad import clip_grad_norm
 
 CHECKPOINT = "last.pt"
@@ -180,10 +181,7 @@ class Trainer(Generic[ModelT]):
         params = [p for g in groups for p in g.params]
         if len({id(p) for p in params}) != len(params):
             raise ValueError("a parameter belongs to two groups")
-        self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, milestones=list(config.lr_decay_epochs), gamma=config.lr_decay_rate
-        )
+        self.optimizer = Adam(params, lr=config.lr, weight_decay=config.weight_decay)
         if device_policy(device).retain_heap:
             retain_freed_memory()
         self.amp_dtype = _amp_dtype(config, device)
@@ -224,7 +222,7 @@ class Trainer(Generic[ModelT]):
             train_logs = self._mean_over_ranks(self._train_epoch(train_batches(epoch), epoch, steps_per_epoch))
             row = {"epoch": float(epoch), **{f"train_{k}": v for k, v in train_logs.items()}}
             row["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
-            self.scheduler.step()
+            self._decay_at_milestones(epoch)
             if self.val_fn is not None:
                 self.model.eval()
                 with torch.no_grad(), self._autocast():
@@ -280,6 +278,14 @@ class Trainer(Generic[ModelT]):
             raise RuntimeError(f"epoch {epoch} had no training batch")
         return {k: sums[k] / counts[k] for k in sums}
 
+    def _decay_at_milestones(self, epoch: int) -> None:
+        """After training epoch ``epoch``: the rate times ``lr_decay_rate`` once per milestone equal
+        to it (``torch.optim.lr_scheduler.MultiStepLR``'s rule, on top of plateau decays)."""
+        hits = list(self.config.lr_decay_epochs).count(epoch)
+        if hits:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.config.lr_decay_rate**hits
+
     def train_step(self, batch: Batch, epoch: int) -> dict[str, float]:
         """One optimisation step on ``batch``: forward under the device's autocast, (scaled)
         backward, clipping per parameter group, the update; returns the step's logs. The
@@ -289,11 +295,13 @@ class Trainer(Generic[ModelT]):
         with self._autocast():
             result = self.step_fn(self.train_module, batch, epoch)
         self.grad_scaler.scale(result.loss).backward()
-        self.grad_scaler.unscale_(self.optimizer)
+        # The scaler reads param_groups and calls step(): our Adam has both (it is no torch Optimizer).
+        scaled = cast("torch.optim.Optimizer", self.optimizer)
+        self.grad_scaler.unscale_(scaled)
         logs = {"loss": float(result.loss.detach()), **result.logs}
         for group in self.groups:
             logs[f"grad_norm_{group.name}"] = float(clip_grad_norm(group.params, group.max_norm))
-        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.step(scaled)
         self.grad_scaler.update()
         return logs
 
@@ -341,8 +349,7 @@ class Trainer(Generic[ModelT]):
                     "world": self.dist.world,
                     "epoch": epoch,
                     "model": self.model.state_dict(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),  # holds the current rate
                     "grad_scaler": self.grad_scaler.state_dict(),
                     "best_metric": best,
                     "best_epoch": best_epoch,
@@ -396,7 +403,6 @@ class Trainer(Generic[ModelT]):
             return fresh
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.grad_scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(rank_state["torch_rng"])
         if rank_state["cuda_rng"] and torch.cuda.is_available():

@@ -13,7 +13,7 @@ rows at the tiny preset, B=4, N=207 and 414, on whatever device there is (the su
 
     bench/gpu.sh [--tiny] [--baselines gwn stgcn ...] [--steps 5] [--out FILE]
 
-Writes bench/results/gpu.json (``--out``).
+Writes bench/results/gpu.json (tiny: gpu_tiny.json; ``--out``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from gptst.device import resolve_device
 from gptst.params import load_params
 
 RESULTS = ROOT / "bench" / "results" / "gpu.json"
+TINY_RESULTS = ROOT / "bench" / "results" / "gpu_tiny.json"
 BASELINES = ["gwn", "stgcn", "mtgnn", "astgcn", "tgcn"]
 
 
@@ -97,7 +98,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--baselines", nargs="+", default=BASELINES)
     parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default 5, tiny 2)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, help=f"default {relative(RESULTS)} (tiny: {relative(TINY_RESULTS)})")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -150,9 +151,10 @@ def main() -> None:
         # What this run imported beyond the standard library: what a GPU machine must have.
         "third_party_imports": third_party_imports(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"written: {relative(args.out)}")
+    out = args.out or (TINY_RESULTS if tiny else RESULTS)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"written: {relative(out)}")
 
 
 def pretrain_rows(params, series, batch: int, steps: int, device: str, work: Path) -> list[dict]:

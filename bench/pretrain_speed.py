@@ -68,6 +68,7 @@ print(json.dumps({
     "step_min_s": min(times), "step_max_s": max(times),
     "peak_rss_increase_mb": (peak - base) / 1024, "params": n_params,
     "gflop_per_step": counter.get_total_flops() / 1e9, "threads": torch.get_num_threads(), "profile": table,
+    "row_matmul_gflops": matmul_rate(),
 }))
 """
 
@@ -98,7 +99,7 @@ def main() -> None:
     )
     header = (
         f"{'impl':<6} {'mode':<6} {'batch':>5} {'median s':>9} {'min..max s':>14} {'peak RSS +MB':>13} "
-        f"{'GFLOP':>7} {'GFLOP/s':>8} {'params':>10}"
+        f"{'GFLOP':>7} {'GFLOP/s':>8} {'% matmul':>9} {'% row mm':>9} {'params':>10}"
     )
     print(header)
     print("-" * len(header))
@@ -107,8 +108,13 @@ def main() -> None:
         spread = f"{r['step_min_s']:.2f}..{r['step_max_s']:.2f}"
         print(
             f"{r['impl']:<6} {r['mode']:<6} {r['batch']:>5} {r['step_median_s']:>9.3f} {spread:>14} "
-            f"{r['peak_rss_increase_mb']:>13.0f} {r['gflop_per_step']:>7.1f} {rate:>8.1f} {r['params']:>10,}"
+            f"{r['peak_rss_increase_mb']:>13.0f} {r['gflop_per_step']:>7.1f} {rate:>8.1f} "
+            f"{100 * rate / matmul:>8.1f}% {100 * rate / r['row_matmul_gflops']:>8.1f}% {r['params']:>10,}"
         )
+    print(
+        "% matmul: of the rate measured at the start of the run; % row mm: of the rate measured in the "
+        "row's own process right after its steps (this machine's rate drifts by +-20% within minutes)"
+    )
     by = {(r["impl"], r["batch"], r["mode"]): r for r in rows}
     for batch, mode in configs:
         if ("fast", batch, mode) in by and ("naive", batch, mode) in by:

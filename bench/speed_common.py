@@ -32,6 +32,18 @@ def status_kb(field):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
 
+# This process's dense fp32 2048 x 2048 matmul rate now (GFLOP/s): the yardstick of the row just
+# measured, taken in the same process and minute.
+def matmul_rate(reps=5):
+    import statistics, time, torch
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter(); a @ b; times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
 def reset_peak_rss():
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the high-water mark: count only what the steps add

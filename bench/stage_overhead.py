@@ -77,10 +77,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    workdir = args.keep or Path(tempfile.mkdtemp(prefix="gptst-stage-overhead-"))
-    if args.keep and workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    if args.keep:
+        workdir = args.keep
+        if workdir.exists():
+            shutil.rmtree(workdir)
+        workdir.mkdir(parents=True)
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="gptst-stage-overhead-"))
     try:
         clone = make_clone(workdir / "gptst", preset=args.preset, finetune={"baselines": args.baselines})
         timings = clone.root / "stage_timings.jsonl"

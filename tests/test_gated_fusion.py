@@ -45,3 +45,17 @@ def test_the_fusion_keeps_the_four_linear_layers_of_the_spec():
         "signal.bias",
         "signal.weight",
     ]
+
+
+def test_the_fusion_kernel_passes_gradcheck_for_every_input():
+    from gptst.models.forecaster import _GatedMix
+
+    torch.manual_seed(2)
+    rows, c, d = 6, 3, 4
+    inputs = [
+        torch.randn(rows, d, dtype=torch.float64, requires_grad=True),  # H_pre
+        torch.randn(rows, c, dtype=torch.float64, requires_grad=True),  # [X, 1]
+        *(torch.randn(d, d, dtype=torch.float64, requires_grad=True) for _ in range(2)),  # W1, W_o
+        *(torch.randn(c, d, dtype=torch.float64, requires_grad=True) for _ in range(3)),  # P_lin, P_gate, P_out
+    ]
+    assert torch.autograd.gradcheck(_GatedMix.apply, inputs)

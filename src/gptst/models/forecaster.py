@@ -15,6 +15,7 @@ from __future__ import annotations
 
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gptst.data.calendar import N_FEATURES
@@ -34,14 +35,49 @@ def input_dim(variant: str, channels: int, hidden: int) -> int:
     raise ValueError(f"unknown variant {variant!r}; variants are {list(VARIANTS)}")
 
 
+class _GatedMix(torch.autograd.Function):
+    """``out = (z * d) W_o^T + X P_out`` with ``z = sigmoid(H W1^T + X P_gate)``, ``d = H - X P_lin``
+    over rows [R, D] (X [R, C+1] is the signal with a ones column). Keeps z and d for backward
+    (the product z * d is recomputed) instead of autograd's nine [R, D] intermediates."""
+
+    @staticmethod
+    def forward(ctx, h, x, w1, w_out, p_lin, p_gate, p_out):
+        z = torch.mm(h, w1.T).addmm_(x, p_gate).sigmoid_()
+        d = torch.addmm(h, x, p_lin, alpha=-1.0)
+        out = torch.mm(z * d, w_out.T).addmm_(x, p_out)
+        ctx.save_for_backward(h, x, w1, w_out, p_lin, p_gate, p_out, z, d)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        h, x, w1, w_out, p_lin, p_gate, p_out, z, d = ctx.saved_tensors
+        need_h, need_x = ctx.needs_input_grad[:2]
+        grad_p_out = x.T @ grad
+        grad_w_out = grad.T @ (z * d)
+        grad_mixed = grad @ w_out
+        grad_d = grad_mixed * z
+        grad_gate = torch.ops.aten.sigmoid_backward(grad_mixed.mul_(d), z)  # grad_mixed is spent
+        grad_w1 = grad_gate.T @ h
+        grad_p_gate = x.T @ grad_gate
+        grad_p_lin = -(x.T @ grad_d)
+        grad_h = torch.addmm(grad_d, grad_gate, w1) if need_h else None
+        grad_x = None
+        if need_x:
+            grad_x = grad_gate @ p_gate.T - grad_d @ p_lin.T + grad @ p_out.T
+        return grad_h, grad_x, grad_w1, grad_w_out, grad_p_lin, grad_p_gate, grad_p_out
+
+
 class GatedFusion(nn.Module):
     """``H_in = Linear(z * H_pre + (1 - z) * X_lin)`` with ``X_lin = Linear(C -> D)(X)`` and
     ``z = sigmoid(W1 H_pre + W2 X_lin + b)`` (GPTST_SPEC section 7).
 
     X_lin is rank C+1 per cell, so every product of it with a D x D weight is done on its
-    factors: ``W2 X_lin = X (W2 A)^T + W2 a`` and ``W_o X_lin`` likewise, and the mix is
-    ``X_lin + z * (H_pre - X_lin)``. Five D x D products per step (two forward, three backward)
-    instead of nine; the parameters are the four Linear layers of the spec.
+    factors: ``W2 X_lin + b = [X, 1] P_gate`` and ``W_o X_lin + b_o = [X, 1] P_out`` with small
+    [C+1, D] matrices, and the mix is ``X_lin + z * (H_pre - X_lin)``. Three D x D products
+    forward and five backward where the formula as written has five and nine, in one kernel
+    (:class:`_GatedMix`) that keeps two [B,T,N,D] tensors; the parameters are the four Linear
+    layers of the spec.
     """
 
     def __init__(self, channels: int, hidden: int) -> None:
@@ -52,14 +88,14 @@ class GatedFusion(nn.Module):
         self.out = nn.Linear(hidden, hidden)
 
     def forward(self, x: Tensor, h_pre: Tensor) -> Tensor:
-        a, a0 = self.signal.weight, self.signal.bias  # X_lin = X a^T + a0
-        w2, w_out = self.gate_signal.weight, self.out.weight
-        gate = torch.addmm(w2 @ a0 + self.gate_signal.bias, x.reshape(-1, x.shape[-1]), (w2 @ a).T)
-        z = torch.sigmoid(self.gate_pre(h_pre) + gate.view(h_pre.shape))
-        x_lin = self.signal(x)
-        mixed = z * (h_pre - x_lin)  # + X_lin, applied through W_o below
-        through_signal = torch.addmm(w_out @ a0 + self.out.bias, x.reshape(-1, x.shape[-1]), (w_out @ a).T)
-        return torch.addmm(through_signal, mixed.reshape(-1, mixed.shape[-1]), w_out.T).view(h_pre.shape)
+        rows = x.reshape(-1, x.shape[-1])
+        signal = torch.cat([rows, torch.ones_like(rows[:, :1])], dim=1)  # [R, C+1]
+        p_lin = torch.cat([self.signal.weight.T, self.signal.bias[None]])  # X_lin = [X, 1] p_lin
+        p_gate = p_lin @ self.gate_signal.weight.T + F.pad(self.gate_signal.bias[None], (0, 0, p_lin.shape[0] - 1, 0))
+        p_out = p_lin @ self.out.weight.T + F.pad(self.out.bias[None], (0, 0, p_lin.shape[0] - 1, 0))
+        hidden = h_pre.reshape(-1, h_pre.shape[-1])
+        out = _GatedMix.apply(hidden, signal, self.gate_pre.weight, self.out.weight, p_lin, p_gate, p_out)
+        return out.view(h_pre.shape)
 
 
 class Forecaster(nn.Module):

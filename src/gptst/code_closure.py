@@ -34,6 +34,7 @@ def _search_roots(root: Path | None) -> tuple[Path, ...]:
     return (src, repo)
 
 
+@cache
 def module_path(name: str, root: Path | None = None) -> Path | None:
     """The file of project module ``name`` (``pkg/mod.py`` or ``pkg/__init__.py``), or None."""
     if name.split(".")[0] not in PROJECT_PACKAGES:
@@ -67,17 +68,26 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
+# Fields of statements that hold statements: an import is a statement, so the walk never needs
+# to enter an expression (a tenth of the nodes to visit).
+_STATEMENT_FIELDS = ("body", "orelse", "finalbody", "handlers", "cases")
+
+
 def _import_nodes(tree: ast.AST) -> Iterable[ast.Import | ast.ImportFrom]:
     """Every import statement, skipping the bodies of ``if TYPE_CHECKING:``."""
     stack: list[ast.AST] = [tree]
     while stack:
         node = stack.pop()
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            stack.extend(node.orelse)
-            continue
         if isinstance(node, ast.Import | ast.ImportFrom):
             yield node
-        stack.extend(ast.iter_child_nodes(node))
+            continue
+        skip_body = isinstance(node, ast.If) and _is_type_checking(node.test)
+        for name in _STATEMENT_FIELDS:
+            if name == "body" and skip_body:
+                continue
+            children = getattr(node, name, None)
+            if isinstance(children, list):
+                stack.extend(children)
 
 
 @cache

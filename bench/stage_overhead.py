@@ -58,7 +58,7 @@ def stage_rows(records: list[dict]) -> list[dict]:
 
 def summary(rows: list[dict]) -> dict[str, float]:
     """The issue's two figures: finetune items' time outside their loops, evaluate + promote."""
-    finetune = [r["outside_s"] for r in rows if r["stage"].startswith("finetune")]
+    finetune = [r["outside_s"] for r in rows if r["stage"].startswith(("finetune@", "finetune_gptst@"))]
     by_name = {r["stage"]: r for r in rows}
     out = {}
     if finetune:

@@ -100,3 +100,37 @@ def test_a_failed_stage_reports_its_exit_code(tmp_path):
 
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("GPTST_STAGE_TIMINGS", "DVC_STAGE")}
+
+
+def test_the_overhead_bench_counts_finetune_items_and_evaluate_plus_promote():
+    import importlib.util
+
+    from .conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_stage_overhead", REPO_ROOT / "bench" / "stage_overhead.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def record(stage: str, wall: float, loops: float) -> dict:
+        return {
+            "stage": stage,
+            "exit_code": 0,
+            "start": 100.0,
+            "end": 100.0 + wall,
+            "exit": 100.0 + wall,
+            "phases": {"train": loops} if loops else {},
+        }
+
+    rows = bench.stage_rows(
+        [
+            record("finetune_params", 2.0, 0.0),  # not a finetune item
+            record("finetune@tgcn-plain", 10.0, 6.0),
+            record("finetune_gptst@tgcn-gptst", 12.0, 7.0),
+            record("evaluate", 6.0, 0.0),
+            record("promote", 8.0, 3.0),
+        ]
+    )
+    assert [r["outside_s"] for r in rows] == [2.0, 4.0, 5.0, 6.0, 5.0]
+    figures = bench.summary(rows)
+    assert figures == {"finetune_outside_median_s": 4.5, "finetune_outside_max_s": 5.0, "evaluate_plus_promote_s": 14.0}

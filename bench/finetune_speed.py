@@ -31,11 +31,8 @@ VARIANTS = ["plain", "calendar", "gptst"]
 GPTST_OVER_PLAIN_TARGET = 1.2
 
 CHILD = r"""
-import json, statistics, sys, tempfile, time
+import json, sys, tempfile
 from pathlib import Path
-
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from speed_common import ROOT, finetune_trainer, week_graph, week_series
 from gptst.params import load_params
@@ -50,34 +47,9 @@ trainer, batch = finetune_trainer(
 )
 params_count = sum(p.numel() for p in trainer.model.trainable_parameters())
 
-def train_step():
-    trainer.train_step(batch, 1)
-
-train_step()  # warm-up (allocator, Adam state)
-base = reset_peak_rss()
-train_step()
-times = []
-for _ in range(steps):
-    t0 = time.perf_counter()
-    train_step()
-    times.append(time.perf_counter() - t0)
-peak = status_kb("VmHWM")
-with FlopCounterMode(display=False) as counter:
-    train_step()
-table = ""
-if profile:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(3):
-            train_step()
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48)
-print(json.dumps({
-    "baseline": baseline, "variant": variant, "batch": batch_size, "preset": preset,
-    "step_median_s": statistics.median(times), "step_min_s": min(times), "step_max_s": max(times),
-    "peak_rss_increase_mb": (peak - base) / 1024, "params": params_count,
-    "gflop_per_step": counter.get_total_flops() / 1e9, "threads": torch.get_num_threads(), "profile": table,
-    "row_matmul_gflops": matmul_rate(),
-}))
+row = measure(lambda: trainer.train_step(batch, 1), steps, profile, profile_steps=3)
+print(json.dumps({"baseline": baseline, "variant": variant, "batch": batch_size, "preset": preset,
+                  "params": params_count, **row}))
 """
 
 

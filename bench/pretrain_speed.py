@@ -23,11 +23,10 @@ from speed_common import ROOT, matmul_gflops, relative, run_child
 RESULTS = ROOT / "bench" / "results" / "pretrain_speed.json"
 
 CHILD = r"""
-import json, statistics, sys, tempfile, time
+import json, sys, tempfile
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from speed_common import ROOT, pretrain_trainer, week_series
 from gptst.params import load_params
@@ -46,30 +45,8 @@ def infer_step():
 
 step = (lambda: trainer.train_step(batch, epoch)) if mode == "train" else infer_step
 model.train(mode == "train")
-base = reset_peak_rss()
-step()  # warm-up (allocator, Adam state)
-times = []
-for _ in range(steps):
-    t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
-peak = status_kb("VmHWM")
-with FlopCounterMode(display=False) as counter:
-    step()
-table = ""
-if profile:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(2):
-            step()
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48)
-print(json.dumps({
-    "impl": impl, "batch": batch_size, "mode": mode, "step_median_s": statistics.median(times),
-    "step_min_s": min(times), "step_max_s": max(times),
-    "peak_rss_increase_mb": (peak - base) / 1024, "params": n_params,
-    "gflop_per_step": counter.get_total_flops() / 1e9, "threads": torch.get_num_threads(), "profile": table,
-    "row_matmul_gflops": matmul_rate(),
-}))
+row = measure(step, steps, profile, profile_steps=2)
+print(json.dumps({"impl": impl, "batch": batch_size, "mode": mode, "params": n_params, **row}))
 """
 
 

@@ -23,9 +23,9 @@ print(json.dumps({"matmul_gflops": 2 * n**3 / statistics.median(times) / 1e9}))
 
 # Pasted at the top of every child: these helpers importable, and peak RSS over what the child
 # had before its measured steps.
-RSS = rf"""
+RSS = r"""
 import sys
-sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+sys.path.insert(0, BENCH_DIR)
 def status_kb(field):
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -48,12 +48,42 @@ def reset_peak_rss():
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the high-water mark: count only what the steps add
     return status_kb("VmRSS")
+
+# One row's figures for ``step``: the peak RSS the steps add (warm-up included: allocator, Adam
+# state), the median of ``steps`` timed calls, FLOPs of one call, and with ``profile`` the per-op
+# table of ``profile_steps`` calls.
+def measure(step, steps, profile=False, profile_steps=2):
+    import statistics, time, torch
+    from torch.utils.flop_counter import FlopCounterMode
+    base = reset_peak_rss()
+    step()  # warm-up
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    peak = status_kb("VmHWM")
+    with FlopCounterMode(display=False) as counter:
+        step()
+    table = ""
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(profile_steps):
+                step()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48)
+    return {
+        "step_median_s": statistics.median(times), "step_min_s": min(times), "step_max_s": max(times),
+        "peak_rss_increase_mb": (peak - base) / 1024, "gflop_per_step": counter.get_total_flops() / 1e9,
+        "threads": torch.get_num_threads(), "profile": table, "row_matmul_gflops": matmul_rate(),
+    }
 """
 
 
 def run_child(code: str, *args: str) -> dict:
     """Run ``code`` in a fresh interpreter (repo root as working directory); its last stdout line is JSON."""
-    proc = subprocess.run([sys.executable, "-c", RSS + code, *args], capture_output=True, text=True, cwd=ROOT)
+    prelude = RSS.replace("BENCH_DIR", repr(str(Path(__file__).resolve().parent)), 1)
+    proc = subprocess.run([sys.executable, "-c", prelude + code, *args], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark child failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

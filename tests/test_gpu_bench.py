@@ -48,7 +48,11 @@ def test_gpu_sh_runs_its_cpu_mode_end_to_end_and_prints_one_table(tmp_path):
     out = tmp_path / "gpu.json"
     env = {**os.environ, "PYTHON": sys.executable}
     proc = subprocess.run(
-        ["bash", "bench/gpu.sh", "--tiny", "--out", str(out)], capture_output=True, text=True, cwd=REPO_ROOT, env=env
+        ["bash", "bench/gpu.sh", "--tiny", "--baselines", "tgcn", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(out.read_text())

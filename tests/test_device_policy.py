@@ -70,3 +70,36 @@ def test_the_model_micro_batches_only_on_the_cpu():
     model = build_model(GptstConfig(num_nodes=207, t_in=12, channels=1))
     assert len(model._micro_batches(torch.empty(64, 12, 207, 1))) == 2
     assert model._micro_batches(torch.empty(64, 12, 207, 1, device="meta")) == [slice(0, 64)]
+
+
+def test_training_on_the_cpu_keeps_freed_memory_mapped_and_the_gpu_policy_does_not(monkeypatch, cuda_bf16):
+    from gptst.training import trainer as trainer_module
+    from gptst.training.trainer import ParamGroup, StepResult, Trainer
+
+    calls = []
+    monkeypatch.setattr(trainer_module, "retain_freed_memory", lambda: calls.append(1) or True)
+    cuda_bf16(True)
+    assert device_policy("cpu").retain_heap and not device_policy("cuda").retain_heap
+    model = torch.nn.Linear(3, 1)
+
+    def build(device: str) -> None:
+        Trainer(
+            model,
+            lambda m, b, e: StepResult(m(b).sum()),
+            [ParamGroup("m", list(model.parameters()), 1.0)],
+            _config(selection="train_loss"),
+            checkpoint_dir="unused",
+            device=device,
+        )
+
+    build("cpu")
+    assert calls == [1]
+
+
+def test_retaining_freed_memory_is_applied_on_glibc_linux():
+    import platform
+
+    from gptst.device import retain_freed_memory
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert retain_freed_memory() is expected

@@ -12,27 +12,22 @@ from __future__ import annotations
 import argparse
 import inspect
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gptst.data.series import SeriesData, load_series, read_series_metadata
-from gptst.device import resolve_device
 from gptst.errors import InputError
-from gptst.evaluation.predictions import write_predictions
-from gptst.graph.bundle import load_adjacency
 from gptst.io import sha256_file
 from gptst.layout import ENCODER_VARIANTS, VARIANTS, encoder_model_name, model_name
-from gptst.metrics import mlflow_metric_keys, write_metrics_json
-from gptst.models.baselines.registry import BaselineConfig, baseline_spec
-from gptst.models.encoded import INDEX, EncodedCache
-from gptst.models.forecaster_bundle import save_forecaster_bundle
-from gptst.models.gptst.bundle import EncoderBundle, load_encoder
 from gptst.params import Params, load_params
-from gptst.reporting import write_curves
 from gptst.stage import run_stage
-from gptst.tracking import stage_run
-from gptst.tracking.registry import find_version, md5_file, register_stage_output
-from gptst.training.baseline_config import baseline_config
-from gptst.training.finetune import DownstreamData, FinetuneResult, finetune
-from gptst.training.identity import run_identity
+from gptst.tracking.registry import md5_file
+from gptst.tracking.sidecar import Pending, TrackingSidecar
+
+if TYPE_CHECKING:
+    from gptst.data.series import SeriesData
+    from gptst.models.baselines.registry import BaselineConfig
+    from gptst.models.encoded import EncodedCache
+    from gptst.models.gptst.bundle import EncoderBundle
+    from gptst.training.finetune import DownstreamData, FinetuneResult
 
 # Every params section a finetune reads (its baseline's own section is added by name): a
 # checkpoint resumes only when all are unchanged, with the same inputs and code.
@@ -41,22 +36,23 @@ METRICS_FILES = {"test": "metrics.json", "val": "val_metrics.json"}
 
 
 def _encoder_inputs(
-    args: argparse.Namespace, variant: str, dataset: str, device: str
-) -> tuple[EncoderBundle | None, EncodedCache | None, dict[str, str]]:
-    """The frozen encoder of a gptst variant, its cache (gptst only) and the lineage tags."""
+    args: argparse.Namespace, variant: str, dataset: str, device: str, tracking: TrackingSidecar
+) -> tuple[EncoderBundle | None, EncodedCache | None, dict[str, str], Pending | None]:
+    """The frozen encoder of a gptst variant, its cache (gptst only), its lineage tags and the
+    registry lookup of its version (answered by the tracking helper while training runs)."""
+    from gptst.models.encoded import EncodedCache
+    from gptst.models.gptst.bundle import load_encoder
+
     if variant not in ENCODER_VARIANTS:
-        return None, None, {"encoder_version": "", "encoder_sha256": ""}
+        return None, None, {"encoder_version": "", "encoder_sha256": ""}, None
     if args.encoder is None:
         raise InputError("command line", "--encoder", f"variant {variant} needs the encoder bundle")
     bundle = load_encoder(args.encoder, map_location=device)
     encoder_sha = sha256_file(args.encoder)
     cache = EncodedCache.open(args.encoded, encoder_sha) if variant == "gptst" and args.encoded is not None else None
-    version = find_version(encoder_model_name(dataset), md5_file(args.encoder)) if variant == "gptst" else None
-    return (
-        bundle,
-        cache,
-        {"encoder_version": version or ("random" if variant == "gptst_random" else ""), "encoder_sha256": encoder_sha},
-    )
+    version = tracking.find_version(encoder_model_name(dataset), md5_file(args.encoder)) if variant == "gptst" else None
+    tags = {"encoder_version": "random" if variant == "gptst_random" else "", "encoder_sha256": encoder_sha}
+    return bundle, cache, tags, version
 
 
 def _write_outputs(
@@ -69,6 +65,10 @@ def _write_outputs(
     lineage: dict[str, str],
 ) -> Path:
     """The bundle, the test forecasts and the metrics JSONs of one finetune item; returns the bundle's path."""
+    from gptst.evaluation.predictions import write_predictions
+    from gptst.metrics import write_metrics_json
+    from gptst.models.forecaster_bundle import save_forecaster_bundle
+
     name, variant, dataset = args.baseline, args.variant, params.dataset.name
     model_path = save_forecaster_bundle(
         args.out / "model.pt",
@@ -106,7 +106,7 @@ def _write_outputs(
     return model_path
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--baseline", required=True)
@@ -118,74 +118,92 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="folder for model.pt and predictions.npz")
     parser.add_argument("--state", required=True, type=Path, help="checkpoint folder (kept for resuming)")
     parser.add_argument("--reports", required=True, type=Path, help="folder for the metrics JSONs and curves")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _finetune_item(args: argparse.Namespace, params: Params, tracking: TrackingSidecar) -> None:
+    # Imported here, once the tracking helper runs: it loads MLflow while this process loads torch.
+    from gptst.data.series import load_series, read_series_metadata
+    from gptst.device import resolve_device
+    from gptst.graph.bundle import load_adjacency
+    from gptst.metrics import mlflow_metric_keys
+    from gptst.models.baselines.registry import baseline_spec
+    from gptst.models.encoded import INDEX
+    from gptst.reporting import write_curves
+    from gptst.training.baseline_config import baseline_config
+    from gptst.training.finetune import DownstreamData, finetune
+    from gptst.training.identity import run_identity
+
+    name, variant, dataset = args.baseline, args.variant, params.dataset.name
+    section = baseline_config(params, name)  # its resolved config; InputError naming baselines.<name>.<key>
+    series = load_series(args.series)
+    sha = read_series_metadata(args.series).get("source_sha256", "")
+    device = resolve_device(params.device)
+    data = DownstreamData.prepare(params, series, load_adjacency(args.adjacency), device)
+    bundle, cache, encoder_tags, encoder_version = _encoder_inputs(args, variant, dataset, device, tracking)
+    identity = run_identity(
+        params,
+        FINETUNE_SECTIONS,
+        device=device,
+        extra={"baseline": f"{name}:{section.model_dump_json()}", "variant": variant},
+        inputs={
+            "series": args.series,
+            "adjacency": args.adjacency,
+            "encoder": args.encoder if bundle else None,
+            "encode_index": args.encoded / INDEX if variant == "gptst" and args.encoded else None,
+        },
+        code=[Path(__file__), Path(inspect.getfile(baseline_spec(name).cls))],
+    )
+    with tracking.run(
+        "finetune_gptst" if variant in ENCODER_VARIANTS else "finetune",
+        params,
+        dataset_sha256=sha,
+        device=device,
+        sections=("windows", "finetune"),
+        tags={"baseline": name, "variant": variant, **encoder_tags},
+    ) as run:
+        run.log_params({f"baselines.{name}.{k}": v for k, v in section.model_dump(mode="json").items()})
+        result = finetune(
+            params,
+            data,
+            name,
+            variant,
+            encoder_bundle=bundle,
+            cache=cache,
+            state_dir=args.state,
+            device=device,
+            log_fn=run.log_fn(),
+            identity=identity,
+        )
+        if encoder_version is not None:  # looked up meanwhile
+            encoder_tags["encoder_version"] = encoder_version.result() or ""
+            run.set_tags(encoder_tags)
+        lineage = {"dataset_sha256": sha, **encoder_tags}
+        model_path = _write_outputs(args, params, series, data, result, section, lineage)
+        for split, table in (("test", result.test), ("val", result.val)):
+            run.log_metrics(mlflow_metric_keys(split, table))
+        write_curves(result.fit.history, args.reports / "curves.csv")
+        run.log_metrics({"best_epoch": result.fit.best_epoch})
+        run.log_artifact(model_path, artifact_path="model")
+        registered = run.register_output(
+            model_name(name, dataset),
+            model_path,
+            "model",
+            {"baseline": name, "variant": variant, "dataset_sha256": sha, **encoder_tags},
+        )
+    print(
+        f"finetune {name}/{variant}: best epoch {result.fit.best_epoch}/{params.finetune.common.epochs}, "
+        f"val MAE {result.val['avg']['mae']:.3f}, test MAE {result.test['avg']['mae']:.3f}; {registered}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     def body() -> None:
         params = load_params(args.params)
-        name, variant, dataset = args.baseline, args.variant, params.dataset.name
-        section = baseline_config(params, name)  # its resolved config; InputError naming baselines.<name>.<key>
-        series = load_series(args.series)
-        sha = read_series_metadata(args.series).get("source_sha256", "")
-        device = resolve_device(params.device)
-        data = DownstreamData.prepare(params, series, load_adjacency(args.adjacency), device)
-        bundle, cache, encoder_tags = _encoder_inputs(args, variant, dataset, device)
-        identity = run_identity(
-            params,
-            FINETUNE_SECTIONS,
-            device=device,
-            extra={"baseline": f"{name}:{section.model_dump_json()}", "variant": variant},
-            inputs={
-                "series": args.series,
-                "adjacency": args.adjacency,
-                "encoder": args.encoder if bundle else None,
-                "encode_index": args.encoded / INDEX if variant == "gptst" and args.encoded else None,
-            },
-            code=[Path(__file__), Path(inspect.getfile(baseline_spec(name).cls))],
-        )
-        tags = {"baseline": name, "variant": variant, **encoder_tags}
-        with stage_run(
-            "finetune_gptst" if variant in ENCODER_VARIANTS else "finetune",
-            params,
-            dataset_sha256=sha,
-            device=device,
-            sections=("windows", "finetune"),
-            tags=tags,
-        ) as run:
-            import mlflow
-
-            mlflow.log_params({f"baselines.{name}.{k}": v for k, v in section.model_dump(mode="json").items()})
-            result = finetune(
-                params,
-                data,
-                name,
-                variant,
-                encoder_bundle=bundle,
-                cache=cache,
-                state_dir=args.state,
-                device=device,
-                log_fn=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch),
-                identity=identity,
-            )
-            model_path = _write_outputs(
-                args, params, series, data, result, section, {"dataset_sha256": sha, **encoder_tags}
-            )
-            for split, table in (("test", result.test), ("val", result.val)):
-                mlflow.log_metrics(mlflow_metric_keys(split, table))
-            write_curves(result.fit.history, args.reports / "curves.csv")
-            mlflow.log_metrics({"best_epoch": result.fit.best_epoch})
-            mlflow.log_artifact(str(model_path), artifact_path="model")
-            registered = register_stage_output(
-                model_name(name, dataset),
-                model_path,
-                "model",
-                run,
-                params,
-                {"baseline": name, "variant": variant, "dataset_sha256": sha, **encoder_tags},
-            )
-        print(
-            f"finetune {name}/{variant}: best epoch {result.fit.best_epoch}/{params.finetune.common.epochs}, "
-            f"val MAE {result.val['avg']['mae']:.3f}, test MAE {result.test['avg']['mae']:.3f}; {registered}"
-        )
+        with TrackingSidecar.start(params.root) as tracking:
+            _finetune_item(args, params, tracking)
 
     return run_stage(body)
 

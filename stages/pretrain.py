@@ -10,24 +10,62 @@ data-parallel; rank 0 writes the outputs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 from pathlib import Path
 
 from gptst.data.series import load_series, read_series_metadata
 from gptst.device import resolve_device
 from gptst.io import write_json
 from gptst.layout import encoder_model_name
-from gptst.params import load_params
+from gptst.params import Params, load_params
 from gptst.reporting import plot_curves, write_curves
 from gptst.stage import run_stage
-from gptst.tracking import stage_run
-from gptst.tracking.registry import register_stage_output
+from gptst.tracking.sidecar import TrackingSidecar
 from gptst.training.identity import run_identity
 from gptst.training.pretrain import pretrain
 from gptst.training.trainer import Distributed
 
 # Every params section pre-training reads: a checkpoint resumes only when all are unchanged.
 PRETRAIN_SECTIONS = ("seed", "windows", "dataset", "pretrain")
+
+
+def _pretrain(args: argparse.Namespace, params: Params, dist: Distributed, tracking: TrackingSidecar | None) -> None:
+    series = load_series(args.series)
+    sha = read_series_metadata(args.series).get("source_sha256", "")
+    device = resolve_device(params.device)
+    if device == "cuda" and dist.world > 1:
+        device = f"cuda:{dist.local_rank}"
+    dist.init(device)
+    identity = run_identity(
+        params, PRETRAIN_SECTIONS, inputs={"series": args.series}, code=[Path(__file__)], device=device
+    )
+    if tracking is None:  # another rank: trains its shard, rank 0 writes and logs
+        pretrain(params, series, state_dir=args.state, device=device, dist=dist, identity=identity)
+        return
+    with tracking.run("pretrain", params, dataset_sha256=sha, device=device, sections=("pretrain", "windows")) as run:
+        result = pretrain(
+            params, series, state_dir=args.state, device=device, dist=dist, log_fn=run.log_fn(), identity=identity
+        )
+        result.save_encoder(args.out, params, series, dataset_sha256=sha)
+        curves = write_curves(result.fit.history, args.reports / "curves.csv")
+        plot_curves(curves, args.reports / "curves.png", title=f"GPT-ST pre-training, {params.dataset.name}")
+        write_json(args.reports / "metrics.json", result.metrics(params))
+        run.log_metrics(
+            {
+                "best_val_mae": result.val_mae,
+                "val_mae_mixed_mask": result.val_mae_mixed_mask,
+                "best_epoch": result.fit.best_epoch,
+            }
+        )
+        run.log_artifact(args.out, artifact_path="encoder")
+        run.log_artifact(args.reports / "curves.png")
+        registered = run.register_output(
+            encoder_model_name(params.dataset.name), args.out, "encoder", {"dataset_sha256": sha}
+        )
+        run_id = run.run_id
+    print(
+        f"pretrain: best epoch {result.fit.best_epoch}/{params.pretrain.epochs}, val MAE {result.val_mae:.3f} "
+        f"(mixed mask {result.val_mae_mixed_mask:.3f}); {args.out} {registered} (MLflow run {run_id})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,50 +79,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         params = load_params(args.params)
-        series = load_series(args.series)
-        sha = read_series_metadata(args.series).get("source_sha256", "")
         dist = Distributed.from_env()
-        device = resolve_device(params.device)
-        if device == "cuda" and dist.world > 1:
-            device = f"cuda:{dist.local_rank}"
-        dist.init(device)
-        identity = run_identity(
-            params, PRETRAIN_SECTIONS, inputs={"series": args.series}, code=[Path(__file__)], device=device
-        )
-        tracking = (
-            stage_run("pretrain", params, dataset_sha256=sha, device=device, sections=("pretrain", "windows"))
-            if dist.is_main
-            else contextlib.nullcontext()
-        )
-        with tracking as run:
-            import mlflow
-
-            log_fn = (lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch)) if dist.is_main else None
-            result = pretrain(
-                params, series, state_dir=args.state, device=device, dist=dist, log_fn=log_fn, identity=identity
-            )
-            if not dist.is_main:
-                return
-            result.save_encoder(args.out, params, series, dataset_sha256=sha)
-            curves = write_curves(result.fit.history, args.reports / "curves.csv")
-            plot_curves(curves, args.reports / "curves.png", title=f"GPT-ST pre-training, {params.dataset.name}")
-            write_json(args.reports / "metrics.json", result.metrics(params))
-            mlflow.log_metrics(
-                {
-                    "best_val_mae": result.val_mae,
-                    "val_mae_mixed_mask": result.val_mae_mixed_mask,
-                    "best_epoch": result.fit.best_epoch,
-                }
-            )
-            mlflow.log_artifact(str(args.out), artifact_path="encoder")
-            mlflow.log_artifact(str(args.reports / "curves.png"))
-            registered = register_stage_output(
-                encoder_model_name(params.dataset.name), args.out, "encoder", run, params, {"dataset_sha256": sha}
-            )
-        print(
-            f"pretrain: best epoch {result.fit.best_epoch}/{params.pretrain.epochs}, val MAE {result.val_mae:.3f} "
-            f"(mixed mask {result.val_mae_mixed_mask:.3f}); {args.out} {registered} (MLflow run {run.info.run_id})"
-        )
+        if not dist.is_main:
+            _pretrain(args, params, dist, None)
+            return
+        # A helper process imports MLflow and opens the store while this one loads the data.
+        with TrackingSidecar.start(params.root) as tracking:
+            _pretrain(args, params, dist, tracking)
 
     return run_stage(body)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,49 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything an MLflow run of one stage starts with, as plain values (no MLflow needed to build it)."""
+
+    experiment: str
+    root: str
+    run_name: str
+    tags: dict[str, str]
+    params: dict[str, Any]
+
+
+def run_spec(
+    stage: str,
+    params: Params,
+    *,
+    dataset_sha256: str,
+    device: str = "cpu",
+    sections: tuple[str, ...] = (),
+    tags: Mapping[str, str] | None = None,
+) -> RunSpec:
+    """The run of ``stage``: its experiment, the standard tags plus ``tags``, the params of ``sections``."""
+    dumped = params.model_dump(mode="json") if sections else {}
+    return RunSpec(
+        experiment=experiment_name(params),
+        root=str(params.root),
+        run_name=f"{stage}-{params.dataset.name}",
+        tags={**standard_tags(stage, params, dataset_sha256=dataset_sha256, device=device), **(tags or {})},
+        params=flatten({s: dumped[s] for s in sections}),
+    )
+
+
+def open_run(spec: RunSpec) -> Any:
+    """Start the run ``spec`` describes (creating its experiment if needed) with its params logged;
+    returns MLflow's active run, a context manager that ends it (FAILED when its block raises)."""
+    import mlflow
+
+    experiment_id = ensure_experiment(spec.experiment, spec.root)
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=spec.run_name, tags=spec.tags)
+    if spec.params:
+        mlflow.log_params(spec.params)
+    return run
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -86,16 +130,11 @@ def stage_run(
     sections: tuple[str, ...] = (),
     tags: Mapping[str, str] | None = None,
 ) -> Iterator[Any]:
-    """Start an MLflow run for one stage execution with the standard tags and the params of
-    ``sections`` logged; yields the active run. A failing stage ends its run as FAILED."""
-    import mlflow
-
-    experiment_id = ensure_experiment(experiment_name(params), params.root)
-    all_tags = {**standard_tags(stage, params, dataset_sha256=dataset_sha256, device=device), **(tags or {})}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{stage}-{params.dataset.name}", tags=all_tags) as run:
-        if sections:
-            dumped = params.model_dump(mode="json")
-            mlflow.log_params(flatten({s: dumped[s] for s in sections}))
+    """Start an MLflow run in this process for one stage execution with the standard tags and the
+    params of ``sections`` logged; yields the active run. A failing stage ends its run as FAILED.
+    (The training stages log through :mod:`gptst.tracking.sidecar` instead.)"""
+    spec = run_spec(stage, params, dataset_sha256=dataset_sha256, device=device, sections=sections, tags=tags)
+    with open_run(spec) as run:
         yield run
 
 

@@ -123,23 +123,21 @@ def register_version(
     return RegisteredVersion(name, version, created=True)
 
 
-def register_stage_output(
-    name: str, path: Path, artifact_dir: str, run: Any, params: Any, tags: Mapping[str, Any]
-) -> str:
-    """Register a stage's output file (already logged under ``artifact_dir`` of ``run``) as a version
-    of ``name``, keyed by its DVC md5, with the standard lineage tags plus ``tags``; returns a line
-    saying what happened (nothing when ``tracking.register_models`` is false)."""
-    if not params.tracking.register_models:
-        return "not registered (tracking.register_models is false)"
-    lineage = {
+def output_lineage_tags(params: Any, git_commit: str) -> dict[str, str]:
+    """The lineage tags every registered stage output carries (with the commit its run recorded)."""
+    return {
         "dataset": params.dataset.name,
         "preset": params.preset or "",
         "params_hash": params.digest(),
-        "git_commit": run.data.tags.get("git_commit", ""),
+        "git_commit": git_commit,
     }
-    version = register_version(
-        name, f"{artifact_dir}/{path.name}", run_id=run.info.run_id, dvc_md5=md5_file(path), tags={**lineage, **tags}
-    )
+
+
+def register_run_output(name: str, path: str | Path, artifact_dir: str, run_id: str, tags: Mapping[str, Any]) -> str:
+    """Register a stage's output file (already logged under ``artifact_dir`` of run ``run_id``) as a
+    version of ``name``, keyed by its DVC md5, with ``tags``; returns a line saying what happened."""
+    path = Path(path)
+    version = register_version(name, f"{artifact_dir}/{path.name}", run_id=run_id, dvc_md5=md5_file(path), tags=tags)
     state = "registered as" if version.created else "already registered as"
     return f"{state} {version.name} version {version.version}"
 

@@ -46,6 +46,21 @@ def _isolated_tracking(tmp_path_factory: pytest.TempPathFactory):
         os.environ["MLFLOW_TRACKING_URI"] = old
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_mlflow_uri():
+    """MLflow keeps the URI of ``mlflow.set_tracking_uri`` in a module global that outlives the
+    test's environment: restore it, so a later test's clients read its own MLFLOW_TRACKING_URI."""
+    import os
+
+    from mlflow.tracking._tracking_service import utils
+
+    before, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    utils._tracking_uri = before
+    if env is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 def _ingested(factory: pytest.TempPathFactory, source: Path, **dataset):
     """A real file taken through the ingest path (reader, canonical Parquet, load_series)."""
     from gptst.data.ingest import ingest

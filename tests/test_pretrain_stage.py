@@ -19,7 +19,7 @@ from gptst.data.ingest import ingest
 from gptst.data.series import load_series
 from gptst.models.gptst.bundle import load_encoder
 from gptst.params import load_params
-from gptst.tracking.registry import load_model, md5_file, versions
+from gptst.tracking.registry import client, load_model, md5_file, versions
 
 from .conftest import REPO_ROOT, WEEK_DIR
 
@@ -71,7 +71,9 @@ def stage(tmp_path_factory: pytest.TempPathFactory):
         first = {"md5": md5_file(project.encoder), "versions": [v.version for v in versions(ENCODER)]}
         assert project.run() == 0
         second = {"md5": md5_file(project.encoder), "versions": [v.version for v in versions(ENCODER)]}
-        runs = mlflow.search_runs(experiment_names=["gptst-metr-la-week"], output_format="list")
+        tracked = client()
+        experiment = tracked.get_experiment_by_name("gptst-metr-la-week")
+        runs = tracked.search_runs([experiment.experiment_id]) if experiment else []
         yield project, results, first, second, runs, store
 
 
@@ -107,9 +109,9 @@ def test_the_mlflow_run_has_params_the_preset_and_per_epoch_metrics(stage):
     first, second = sorted((r for r in runs if r.data.tags.get("stage") == "pretrain"), key=lambda r: r.info.start_time)
     assert first.data.tags["preset"] == "tiny"
     assert first.data.params["pretrain.epochs"] == str(project.params.pretrain.epochs)
-    client = mlflow.tracking.MlflowClient(store)
+    store_client = mlflow.tracking.MlflowClient(store)
     for run in (first, second):  # the second run resumed the finished checkpoint: it shows the whole curve
-        history = client.get_metric_history(run.info.run_id, "val_metric")
+        history = store_client.get_metric_history(run.info.run_id, "val_metric")
         assert [m.step for m in history] == list(range(1, project.params.pretrain.epochs + 1))
 
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import mlflow
 import pytest
 import yaml
 
 from gptst.params import load_params
-from gptst.tracking.registry import md5_file, versions
+from gptst.tracking.registry import client, md5_file, versions
 from gptst.tracking.sidecar import TrackingError, TrackingSidecar
 
 from .conftest import REPO_ROOT
@@ -52,15 +51,15 @@ def test_the_run_records_params_tags_per_epoch_metrics_and_the_artifact_and_regi
         "registered as tgcn-metr-la-week version 1",
         "already registered as tgcn-metr-la-week version 1",
     )
-    client = mlflow.tracking.MlflowClient()
-    stored = client.get_run(run_id)
+    mlflow_client = client()
+    stored = mlflow_client.get_run(run_id)
     assert stored.info.status == "FINISHED" and stored.info.run_name == "finetune-metr-la-week"
     assert stored.data.tags["stage"] == "finetune" and stored.data.tags["baseline"] == "tgcn"
     assert stored.data.tags["encoder_version"] == "3" and stored.data.tags["dataset_sha256"] == "abc"
     assert stored.data.params["baselines.tgcn.hidden"] == "64" and stored.data.params["windows.t_in"] == "12"
-    history = client.get_metric_history(run_id, "val_mae")
+    history = mlflow_client.get_metric_history(run_id, "val_mae")
     assert [(m.step, round(m.value, 6)) for m in history] == [(1, 3.9), (2, 3.8), (3, 3.7)]
-    assert [f.path for f in client.list_artifacts(run_id, "model")] == ["model/model.pt"]
+    assert [f.path for f in mlflow_client.list_artifacts(run_id, "model")] == ["model/model.pt"]
     (version,) = versions("tgcn-metr-la-week")
     assert version.run_id == run_id and version.tags["variant"] == "plain"
     assert version.tags["dvc_md5"] == md5_file(bundle) and version.tags["params_hash"] == params.digest()
@@ -76,7 +75,7 @@ def test_a_stage_that_fails_ends_its_run_as_failed_and_keeps_its_own_error(proje
         run.log_metrics({"loss": 1.0}, step=1)
         run_id = run.run_id
         _ = 1 / 0
-    assert mlflow.tracking.MlflowClient().get_run(run_id).info.status == "FAILED"
+    assert client().get_run(run_id).info.status == "FAILED"
 
 
 def test_an_error_in_the_helper_reaches_the_stage_with_its_cause_and_fails_the_run(project: Path):
@@ -89,7 +88,7 @@ def test_an_error_in_the_helper_reaches_the_stage_with_its_cause_and_fails_the_r
         run_id = run.run_id
         run.log_artifact(project / "no_such_file.pt")  # sent without waiting: fails in the helper
         run.log_metrics({"after": 1.0})  # skipped: an earlier call of the run failed
-    stored = mlflow.tracking.MlflowClient().get_run(run_id)
+    stored = client().get_run(run_id)
     assert stored.info.status == "FAILED" and "after" not in stored.data.metrics
 
 

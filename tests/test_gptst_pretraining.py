@@ -3,6 +3,8 @@ reproducible, and in the adaptive phase every part of the model is trained."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 from gptst.data.batch import WindowBatcher
 from gptst.data.scaler import fit_train_scaler
 from gptst.data.windows import make_splits
+from gptst.models.gptst import model as model_module
 from gptst.models.gptst.masker import AdaptiveMasker
 from gptst.models.gptst.model import build_model
 from gptst.models.gptst.objective import PretrainObjective
@@ -108,3 +111,39 @@ def test_a_few_hundred_steps_reconstruct_better_than_each_nodes_training_mean(se
     model_mae = (recon[mask] - truth).abs()[valid].mean().item()
     mean_mae = (node_mean.expand_as(val.x_raw)[mask] - truth).abs()[valid].mean().item()
     assert model_mae < mean_mae, f"model {model_mae:.3f} vs node mean {mean_mae:.3f} mph"
+
+
+@pytest.mark.parametrize("epoch", [1, 3], ids=["uniform phase", "adaptive phase with KL"])
+def test_a_batch_backpropagated_in_parts_gets_the_whole_batch_gradients_and_loss(setup, monkeypatch, epoch):
+    week, splits, scaler, batcher = setup
+    batch = batcher.gather(splits.train.starts[:6])
+    x_raw = batch.x_raw.clone()
+    x_raw[:2, :, :50] = float("nan")  # missing readings: the parts hold unequal shares of the cells
+    batch = dataclasses.replace(
+        batch, x=batch.x.double(), cal=batch.cal.double(), x_raw=x_raw.double(), y=batch.y.double()
+    )
+    results = []
+    for in_parts in (False, True):
+        net, masker, objective, pre = build(scaler, len(week.node_ids), seed=3)
+        net.double()
+        if in_parts:
+            monkeypatch.setattr(model_module, "CPU_BACKWARD_PART_FLOATS", 2 * 12 * len(week.node_ids) * 32)
+            assert [(s.start, s.stop) for s in net.backward_parts(batch.x)] == [(0, 2), (2, 4), (4, 6)]
+            loss, mask = objective.backward_in_parts(batch, epoch)
+        else:
+            loss, mask = objective(batch, epoch)
+            loss.total.backward()
+        grads = {name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None}
+        results.append((loss, mask, grads))
+    (whole, mask_whole, grads_whole), (parts, mask_parts, grads_parts) = results
+    assert torch.equal(mask_parts, mask_whole)
+    assert parts.kl_applied == whole.kl_applied == (epoch > pre.change_epoch)
+    assert float(parts.total) == pytest.approx(float(whole.total.detach()), rel=1e-12)
+    # The logged parts are read back in float32.
+    assert parts.reconstruction == pytest.approx(whole.reconstruction, rel=1e-6)
+    if whole.kl_applied:
+        assert parts.kl == pytest.approx(whole.kl, rel=1e-6)
+    trained = net.autoencoder_parameters() + (net.predictor_parameters() if whole.kl_applied else [])
+    assert grads_parts.keys() == grads_whole.keys() and len(grads_whole) == len(trained)
+    for name, grad in grads_whole.items():
+        torch.testing.assert_close(grads_parts[name], grad, rtol=1e-9, atol=1e-12, msg=name)

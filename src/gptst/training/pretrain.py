@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -138,11 +139,17 @@ def pretrain_step_fn(masker: AdaptiveMasker) -> Callable[[torch.nn.Module, Batch
     """The trainer's step for a :class:`PretrainObjective` module: the loss and its parts as logs."""
 
     def step(module: torch.nn.Module, batch: Batch, epoch: int) -> StepResult:
-        loss, _ = module(batch, epoch)
+        # On the CPU a batch is backpropagated in cache-sized parts (same gradients, a quarter of
+        # the activations at B=64); data-parallel training keeps one backward per step.
+        in_parts = isinstance(module, PretrainObjective) and len(module.model.backward_parts(batch.x)) > 1
+        if in_parts:
+            loss, _ = cast(PretrainObjective, module).backward_in_parts(batch, epoch)
+        else:
+            loss, _ = module(batch, epoch)
         logs = {"reconstruction": loss.reconstruction, "adaptive_share": masker.adaptive_share(epoch)}
         if loss.kl_applied:
             logs["kl"] = loss.kl
-        return StepResult(loss.total, logs)
+        return StepResult(loss.total, logs, backward_done=in_parts)
 
     return step
 

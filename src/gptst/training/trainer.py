@@ -54,6 +54,8 @@ class StepResult:
 
     loss: torch.Tensor
     logs: dict[str, float] = field(default_factory=dict)
+    # True when step_fn already backpropagated (in parts of the batch); the trainer then does not.
+    backward_done: bool = False
 
 
 @dataclass
@@ -294,7 +296,11 @@ class Trainer(Generic[ModelT]):
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             result = self.step_fn(self.train_module, batch, epoch)
-        self.grad_scaler.scale(result.loss).backward()
+        if result.backward_done:
+            if self.grad_scaler.is_enabled():
+                raise RuntimeError("a step that backpropagates itself cannot be loss-scaled (float16 autocast)")
+        else:
+            self.grad_scaler.scale(result.loss).backward()
         # The scaler reads param_groups and calls step(): our Adam has both (it is no torch Optimizer).
         scaled = cast("torch.optim.Optimizer", self.optimizer)
         self.grad_scaler.unscale_(scaled)

@@ -103,11 +103,16 @@ def pretrain_loss(
     kl_weight: float,
     p_target: torch.Tensor | None = None,
     q_logits: torch.Tensor | None = None,
+    shares: tuple[float, float] = (1.0, 1.0),
 ) -> PretrainLoss:
     """``reconstruction + (epoch > E0) * kl_weight * KL(p_target || softmax(q_logits))``.
 
     ``p_target`` (Cw1) and ``q_logits`` (the predictor's logits) are required after E0; up to
     E0 they may be omitted, and when given the KL is only reported, not added.
+
+    For one part of a batch, ``shares`` are its share of the batch's masked present cells and of
+    its cells (B x T x N): ``total`` is then this part's term of the batch's loss (the parts'
+    totals add up to it), while the reported floats stay the part's own means.
     """
     recon = reconstruction_loss(recon_norm, x_raw, mask, scaler, null_value)
     apply_kl = epoch > change_epoch
@@ -117,10 +122,10 @@ def pretrain_loss(
         if apply_kl:
             raise ValueError(f"epoch {epoch} > change_epoch {change_epoch}: the KL term needs p_target and q_logits")
         kl = None
-        total = recon
+        total = recon * shares[0]
     else:
         kl = kl_divergence(p_target, q_logits)
-        total = recon + kl_weight * kl if apply_kl else recon
+        total = recon * shares[0] + kl_weight * shares[1] * kl if apply_kl else recon * shares[0]
     # One read-back for both parts: a single host sync per step.
     parts = torch.stack([recon.detach(), kl.detach() if kl is not None else torch.full_like(recon, float("nan"))])
     recon_f, kl_f = parts.float().tolist()

@@ -37,6 +37,10 @@ from gptst.models.gptst.naive import (
 # glibc's largest mmap threshold (32 MB) and is recycled from the heap, where a 40 MB one is a
 # fresh mmap that page-faults on first touch (~20 ms each; a B=64 step took 2.8 s, now 1.8 s).
 CPU_MICRO_BATCH_FLOATS = 6 << 20
+# A CPU training step backpropagates its batch in parts of at most this many floats per
+# activation (16 samples at T=12, N=207, D=64), each part's activations freed before the next
+# part runs: PretrainObjective.backward_in_parts.
+CPU_BACKWARD_PART_FLOATS = 5 << 19
 
 _IMPLS: dict[str, tuple[type[TemporalHyperLayer], type[CapsuleHyperLayer], type[MaskPredictor]]] = {
     "fast": (TemporalHyperLayer, CapsuleHyperLayer, MaskPredictor),
@@ -234,13 +238,17 @@ class GPTST(nn.Module):
         encoder = count(self.encoder.parameters()) + predictor
         return {"total": encoder + decoder, "encoder": encoder, "decoder": decoder, "predictor": predictor}
 
-    def _micro_batches(self, x: Tensor) -> list[slice]:
-        """Equal batch slices under CPU_MICRO_BATCH_FLOATS (fast, CPU); the whole batch otherwise."""
+    def backward_parts(self, x: Tensor) -> list[slice]:
+        """Equal batch slices under CPU_BACKWARD_PART_FLOATS (fast, CPU); the whole batch otherwise."""
+        return self._micro_batches(x, CPU_BACKWARD_PART_FLOATS)
+
+    def _micro_batches(self, x: Tensor, floats: int = CPU_MICRO_BATCH_FLOATS) -> list[slice]:
+        """Equal batch slices under ``floats`` per activation (fast, CPU); the whole batch otherwise."""
         B, T, N, _ = x.shape
         if self.cfg.impl != "fast" or not device_policy(x.device).chunked:
             return [slice(0, B)]
         per_sample = T * N * self.cfg.hidden
-        parts = -(-B * per_sample // CPU_MICRO_BATCH_FLOATS)
+        parts = -(-B * per_sample // floats)
         size = -(-B // max(1, parts))
         return [slice(lo, min(lo + size, B)) for lo in range(0, B, size)]
 

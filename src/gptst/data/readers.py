@@ -177,7 +177,9 @@ def read_npz(
     with archive:
         members = {name[:-4]: name for name in archive.namelist() if name.endswith(".npy")}
         if key not in members:
-            raise InputError(path, f"npz key '{key}'", f"not found; the file has keys {sorted(members)} (set dataset.npz_key)")
+            raise InputError(
+                path, f"npz key '{key}'", f"not found; the file has keys {sorted(members)} (set dataset.npz_key)"
+            )
         try:
             with archive.open(members[key]) as fh:
                 values = _read_npy_rows(path, key, fh, channels)
@@ -191,7 +193,9 @@ def read_npz(
                 raise
             raise InputError(path, f"npz key '{key}'", f"unreadable array (truncated or corrupt?): {err}") from None
     if timestamps is not None and len(timestamps) != values.shape[0]:
-        raise InputError(path, f"npz key '{timestamps_key}'", f"has {len(timestamps)} entries for {values.shape[0]} steps")
+        raise InputError(
+            path, f"npz key '{timestamps_key}'", f"has {len(timestamps)} entries for {values.shape[0]} steps"
+        )
     return RawSeries(values=values, timestamps=timestamps, node_ids=None)
 
 
@@ -257,9 +261,7 @@ def read_csv(path: Path, timestamp_column: str | None = "auto") -> RawSeries:
     stamps: list[pd.Series] = []
     row = 0
     try:
-        reader = pd.read_csv(
-            path, chunksize=CHUNK_ROWS, dtype={c: "float32" for c in sensors}, usecols=header
-        )
+        reader = pd.read_csv(path, chunksize=CHUNK_ROWS, dtype={c: "float32" for c in sensors}, usecols=header)
         for chunk in reader:
             values[row : row + len(chunk), :, 0] = chunk[sensors].to_numpy(dtype=np.float32)
             if ts_col is not None:

@@ -24,7 +24,6 @@ from gptst.errors import InputError
 from gptst.io import atomic_path
 
 
-
 def write_bundle(
     path: str | Path,
     fmt: str,
@@ -64,7 +63,9 @@ def read_bundle(path: Path, where: str, fmt: str, keys: tuple[str, ...]) -> dict
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - whatever the bytes are, the answer is "not a bundle"
-        raise InputError(where, None, f"not a {fmt} bundle: torch.load(weights_only=True) refused it ({reason(err)})") from None
+        raise InputError(
+            where, None, f"not a {fmt} bundle: torch.load(weights_only=True) refused it ({reason(err)})"
+        ) from None
     if not isinstance(payload, dict):
         raise InputError(where, None, f"holds a {type(payload).__name__}, not a {fmt} dict")
     if payload.get("format") != fmt:

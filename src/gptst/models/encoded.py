@@ -51,8 +51,12 @@ class EncodedIndex:
 
     def to_json(self) -> dict:
         return {
-            "encoder_sha256": self.encoder_sha256, "mode": self.mode, "reason": self.reason,
-            "shape": list(self.shape), "windows": self.windows, "size_bytes": self.size_bytes,
+            "encoder_sha256": self.encoder_sha256,
+            "mode": self.mode,
+            "reason": self.reason,
+            "shape": list(self.shape),
+            "windows": self.windows,
+            "size_bytes": self.size_bytes,
             "shards": [list(s) for s in self.shards],
         }
 
@@ -135,11 +139,18 @@ class EncodedCache:
         raw = json.loads(path.read_text())
         if raw.get("encoder_sha256") != encoder_sha256:
             raise InputError(
-                path, "encoder_sha256", f"{raw.get('encoder_sha256')!r} is not the encoder's {encoder_sha256!r}: "
-                "the cache belongs to another encoder (re-run the encode stage)"
+                path,
+                "encoder_sha256",
+                f"{raw.get('encoder_sha256')!r} is not the encoder's {encoder_sha256!r}: "
+                "the cache belongs to another encoder (re-run the encode stage)",
             )
         index = EncodedIndex(
-            raw["encoder_sha256"], raw["mode"], raw["reason"], tuple(raw["shape"]), raw["windows"], raw["size_bytes"],
+            raw["encoder_sha256"],
+            raw["mode"],
+            raw["reason"],
+            tuple(raw["shape"]),
+            raw["windows"],
+            raw["size_bytes"],
             tuple(tuple(s) for s in raw["shards"]),
         )
         if index.mode != "cached":
@@ -150,8 +161,12 @@ class EncodedCache:
         """float32 [B, T_in, N, D] for the windows starting at ``starts``."""
         starts = np.asarray(starts.cpu() if isinstance(starts, torch.Tensor) else starts, dtype=np.int64)
         rows = np.searchsorted(self.starts, starts)
-        if (rows >= len(self.starts)).any() or not np.array_equal(self.starts[np.minimum(rows, len(self.starts) - 1)], starts):
-            missing = starts[(rows >= len(self.starts)) | (self.starts[np.minimum(rows, len(self.starts) - 1)] != starts)]
+        if (rows >= len(self.starts)).any() or not np.array_equal(
+            self.starts[np.minimum(rows, len(self.starts) - 1)], starts
+        ):
+            missing = starts[
+                (rows >= len(self.starts)) | (self.starts[np.minimum(rows, len(self.starts) - 1)] != starts)
+            ]
             raise KeyError(f"windows {missing[:5].tolist()} are not in the encoded cache {self.folder}")
         shard_of = np.searchsorted(self._first, rows, side="right") - 1
         out = np.empty((len(starts), *self.index.shape), dtype=np.float32)

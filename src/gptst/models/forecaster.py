@@ -13,15 +13,13 @@ Its output can also be handed in (``h_pre``) from the encode stage's cache.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gptst.data.calendar import N_FEATURES
+from gptst.layout import ENCODER_VARIANTS, VARIANTS
 from gptst.models.gptst.model import GPTST
-from gptst.layout import ENCODER_VARIANTS, VARIANTS, Variant
-
 
 
 def input_dim(variant: str, channels: int, hidden: int) -> int:

@@ -27,6 +27,7 @@ from gptst.data.calendar import steps_per_day as freq_steps_per_day
 from gptst.data.scaler import StandardScaler
 from gptst.errors import InputError
 from gptst.graph.bundle import GraphBundle
+from gptst.layout import VARIANTS
 from gptst.models.baselines.registry import baseline_spec, build_baseline, registered_baselines
 from gptst.models.bundle_io import (
     field,
@@ -37,15 +38,29 @@ from gptst.models.bundle_io import (
     str_list,
     write_bundle,
 )
-from gptst.layout import VARIANTS
 from gptst.models.forecaster import Forecaster, input_dim
 from gptst.models.gptst.config import GptstConfig
 from gptst.models.gptst.model import build_model
 
 FORMAT = "gptst-forecaster/1"
 KEYS = (
-    "format", "state_dict", "baseline", "variant", "baseline_params", "encoder_config", "scaler", "node_ids",
-    "channels", "t_in", "t_out", "freq", "calendar", "graph_checksum", "dataset", "meta", "tensors",
+    "format",
+    "state_dict",
+    "baseline",
+    "variant",
+    "baseline_params",
+    "encoder_config",
+    "scaler",
+    "node_ids",
+    "channels",
+    "t_in",
+    "t_out",
+    "freq",
+    "calendar",
+    "graph_checksum",
+    "dataset",
+    "meta",
+    "tensors",
 )
 GRAPH_PREFIX = "graph."
 
@@ -129,7 +144,9 @@ def _load_file(path: Path, where: str, source: str, map_location: str | torch.de
     if variant not in VARIANTS:
         raise InputError(where, "variant", f"{variant!r} is not one of {list(VARIANTS)}")
     spec = baseline_spec(baseline)
-    params = parse(where, "baseline_params", spec.config_cls.model_validate, field(payload, "baseline_params", dict, where))
+    params = parse(
+        where, "baseline_params", spec.config_cls.model_validate, field(payload, "baseline_params", dict, where)
+    )
     scaler = parse(where, "scaler", StandardScaler.from_dict, field(payload, "scaler", dict, where))
     node_ids = str_list(payload, "node_ids", where)
     channels = str_list(payload, "channels", where)
@@ -137,10 +154,14 @@ def _load_file(path: Path, where: str, source: str, map_location: str | torch.de
     freq = field(payload, "freq", str, where)
     calendar = field(payload, "calendar", dict, where)
     if list(calendar.get("features", [])) != list(FEATURE_NAMES):
-        raise InputError(where, "calendar.features", f"{calendar.get('features')!r}, this code computes {list(FEATURE_NAMES)}")
+        raise InputError(
+            where, "calendar.features", f"{calendar.get('features')!r}, this code computes {list(FEATURE_NAMES)}"
+        )
     steps = parse(where, "freq", freq_steps_per_day, freq)
     if calendar.get("steps_per_day") != steps:
-        raise InputError(where, "calendar.steps_per_day", f"{calendar.get('steps_per_day')!r}, freq {freq!r} has {steps}")
+        raise InputError(
+            where, "calendar.steps_per_day", f"{calendar.get('steps_per_day')!r}, freq {freq!r} has {steps}"
+        )
     tensors = field(payload, "tensors", dict, where)
     adj_key = f"{GRAPH_PREFIX}adj"
     if adj_key not in tensors:
@@ -160,7 +181,9 @@ def _load_file(path: Path, where: str, source: str, map_location: str | torch.de
         raise InputError(where, "graph_checksum", "does not match the bundled graph (the file was altered)")
     encoder_cfg = payload["encoder_config"]
     if (encoder_cfg is None) == (variant in ("gptst", "gptst_random")):
-        raise InputError(where, "encoder_config", f"variant {variant!r} {'needs' if encoder_cfg is None else 'has no'} encoder")
+        raise InputError(
+            where, "encoder_config", f"variant {variant!r} {'needs' if encoder_cfg is None else 'has no'} encoder"
+        )
 
     # Building draws (discarded) initial weights: keep the caller's random stream untouched.
     with torch.random.fork_rng(devices=[]):
@@ -171,8 +194,14 @@ def _load_file(path: Path, where: str, source: str, map_location: str | torch.de
         hidden = encoder.cfg.hidden if encoder is not None else 0
         try:
             model = build_baseline(
-                baseline, num_nodes=len(node_ids), in_dim=input_dim(variant, len(channels), hidden),
-                out_dim=len(channels), in_steps=t_in, out_steps=t_out, graph=graph, params=params,
+                baseline,
+                num_nodes=len(node_ids),
+                in_dim=input_dim(variant, len(channels), hidden),
+                out_dim=len(channels),
+                in_steps=t_in,
+                out_steps=t_out,
+                graph=graph,
+                params=params,
             )
         except (ValueError, TypeError) as err:
             raise InputError(where, "baseline_params", f"cannot build {baseline}: {err}") from None
@@ -183,7 +212,18 @@ def _load_file(path: Path, where: str, source: str, map_location: str | torch.de
         raise InputError(where, "state_dict", f"does not fit the config: {reason(err, lines=4)}") from None
     forecaster.to(map_location).eval()
     return ForecasterBundle(
-        forecaster=forecaster, baseline=baseline, variant=variant, scaler=scaler, node_ids=node_ids,
-        channels=channels, t_in=t_in, t_out=t_out, freq=freq, steps_per_day=steps, graph=graph,
-        dataset=field(payload, "dataset", str, where), meta=dict(field(payload, "meta", dict, where)), source=source,
+        forecaster=forecaster,
+        baseline=baseline,
+        variant=variant,
+        scaler=scaler,
+        node_ids=node_ids,
+        channels=channels,
+        t_in=t_in,
+        t_out=t_out,
+        freq=freq,
+        steps_per_day=steps,
+        graph=graph,
+        dataset=field(payload, "dataset", str, where),
+        meta=dict(field(payload, "meta", dict, where)),
+        source=source,
     )

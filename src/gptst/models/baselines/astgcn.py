@@ -33,8 +33,8 @@ from torch import nn
 
 from gptst.graph.bundle import GraphBundle
 from gptst.graph.normalize import chebyshev_polynomials, scaled_laplacian
-from gptst.models.dropout import Dropout
 from gptst.models.baselines.registry import BaselineConfig, register_baseline
+from gptst.models.dropout import Dropout
 
 
 def _attention_scores(query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:

@@ -29,8 +29,8 @@ from torch import nn
 
 from gptst.graph.bundle import GraphBundle
 from gptst.graph.normalize import double_transition
-from gptst.models.dropout import Dropout
 from gptst.models.baselines.registry import BaselineConfig, register_baseline
+from gptst.models.dropout import Dropout
 
 # Diffusion steps per support (the paper's K); the GPT-ST port and the original both use 2.
 DIFFUSION_STEPS = 2

@@ -23,8 +23,8 @@ from pydantic import Field
 from torch import nn
 
 from gptst.graph.bundle import GraphBundle
-from gptst.models.dropout import dropout
 from gptst.models.baselines.registry import BaselineConfig, register_baseline
+from gptst.models.dropout import dropout
 
 # The inception branches of the paper; the widest kernel sets how much each layer shortens time.
 KERNEL_SET = (2, 3, 6, 7)
@@ -40,7 +40,9 @@ class DilatedInception(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, dilation: int) -> None:
         super().__init__()
         if out_channels % len(KERNEL_SET):
-            raise ValueError(f"conv_channels {out_channels} must be a multiple of {len(KERNEL_SET)} (inception branches)")
+            raise ValueError(
+                f"conv_channels {out_channels} must be a multiple of {len(KERNEL_SET)} (inception branches)"
+            )
         branch_channels = out_channels // len(KERNEL_SET)
         self.dilation = dilation
         self.branches = nn.ModuleList(
@@ -221,9 +223,7 @@ class MTGNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, steps, nodes, channels = x.shape
         if (steps, nodes, channels) != (self.in_steps, self.num_nodes, self.in_dim):
-            raise ValueError(
-                f"expected x [B, {self.in_steps}, {self.num_nodes}, {self.in_dim}], got {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected x [B, {self.in_steps}, {self.num_nodes}, {self.in_dim}], got {tuple(x.shape)}")
         h = x.permute(0, 3, 2, 1)  # [B, C, N, T]: time is the convolution's width axis
         if steps < self.padded_steps:
             h = F.pad(h, (self.padded_steps - steps, 0))

@@ -102,7 +102,8 @@ def unregister_baseline(name: str) -> None:
 def baseline_modules() -> list[str]:
     """Names of this package's baseline modules, found on disk without importing them."""
     return sorted(
-        m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+        m.name
+        for m in pkgutil.iter_modules([str(Path(__file__).parent)])
         if not m.ispkg and not m.name.startswith("_") and m.name not in _NOT_BASELINES
     )
 
@@ -120,8 +121,10 @@ def baseline_spec(name: str) -> BaselineSpec:
         importlib.import_module(module)
         spec = _REGISTRY.get(name)
         if spec is None:
-            raise KeyError(f"module {module} registers no baseline {name!r} (decorate its class with "
-                           f"@register_baseline({name!r}, <its config class>))")
+            raise KeyError(
+                f"module {module} registers no baseline {name!r} (decorate its class with "
+                f"@register_baseline({name!r}, <its config class>))"
+            )
     if spec is None:
         raise KeyError(f"unknown baseline {name!r}; registered: {registered_baselines()}")
     return spec

@@ -28,8 +28,8 @@ from torch import nn
 
 from gptst.graph.bundle import GraphBundle
 from gptst.graph.normalize import chebyshev_polynomials, scaled_laplacian
-from gptst.models.dropout import Dropout
 from gptst.models.baselines.registry import BaselineConfig, register_baseline
+from gptst.models.dropout import Dropout
 
 
 class ChannelAlign(nn.Module):
@@ -105,7 +105,14 @@ class STConvBlock(nn.Module):
     """Gated temporal conv -> Chebyshev graph conv (bottleneck) -> temporal conv -> layer norm -> dropout."""
 
     def __init__(
-        self, polynomials: torch.Tensor, num_nodes: int, c_in: int, c_mid: int, c_out: int, kernel_t: int, dropout: float
+        self,
+        polynomials: torch.Tensor,
+        num_nodes: int,
+        c_in: int,
+        c_mid: int,
+        c_out: int,
+        kernel_t: int,
+        dropout: float,
     ) -> None:
         super().__init__()
         self.temporal_in = TemporalConv(kernel_t, c_in, c_mid, "glu")

@@ -26,7 +26,17 @@ from gptst.models.gptst.model import GPTST, build_model
 
 FORMAT = "gptst-encoder/1"
 KEYS = (
-    "format", "state_dict", "config", "scaler", "node_ids", "channels", "t_in", "freq", "calendar", "dataset", "meta"
+    "format",
+    "state_dict",
+    "config",
+    "scaler",
+    "node_ids",
+    "channels",
+    "t_in",
+    "freq",
+    "calendar",
+    "dataset",
+    "meta",
 )
 # How many differing node ids a compatibility error lists.
 SHOW_IDS = 5

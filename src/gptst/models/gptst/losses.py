@@ -130,4 +130,3 @@ def pretrain_loss(
     parts = torch.stack([recon.detach(), kl.detach() if kl is not None else torch.full_like(recon, float("nan"))])
     recon_f, kl_f = parts.float().tolist()
     return PretrainLoss(total=total, reconstruction=recon_f, kl=kl_f, kl_weight=float(kl_weight), kl_applied=apply_kl)
-

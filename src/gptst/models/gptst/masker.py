@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 import torch
 
-
 MaskMode = Literal["half", "all"]
 MaskStrategy = Literal["adaptive", "random"]
 

@@ -21,8 +21,8 @@ from torch import nn
 
 from gptst.graph.bundle import GraphBundle
 from gptst.graph.normalize import normalized_adjacency
-from gptst.models.dropout import Dropout
 from gptst.models.baselines.registry import BaselineConfig, register_baseline
+from gptst.models.dropout import Dropout
 
 
 def propagate(adj: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -83,7 +83,9 @@ class TGCN(nn.Module):
         self.out_steps = out_steps
         self.out_dim = out_dim
         # Derived from the graph at build time, so not part of the state_dict.
-        self.register_buffer("adj", torch.from_numpy(normalized_adjacency(graph.adj, self_loops=True)), persistent=False)
+        self.register_buffer(
+            "adj", torch.from_numpy(normalized_adjacency(graph.adj, self_loops=True)), persistent=False
+        )
         self.cell = GraphGruCell(in_dim, params.hidden)
         self.dropout = Dropout(params.dropout)
         self.output = nn.Linear(params.hidden, out_steps * out_dim)

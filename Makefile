@@ -55,13 +55,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# GPTST_PIPELINE_RUN: the MLflow tag `pipeline_run` shared by every run of this execution.
 run: $(STAMP)
-	dvc repro
+	GPTST_PIPELINE_RUN=$${GPTST_PIPELINE_RUN:-run-$$(date -u +%Y%m%dT%H%M%SZ)} dvc repro
 	gptst outputs
 
 # dvc exp run -S writes the list into params.yaml (git checkout params.yaml goes back to the demonstration).
 run-all: $(STAMP)
-	dvc exp run -S 'finetune.baselines=[$(ALL_BASELINES)]'
+	GPTST_PIPELINE_RUN=$${GPTST_PIPELINE_RUN:-run-all-$$(date -u +%Y%m%dT%H%M%SZ)} dvc exp run -S 'finetune.baselines=[$(ALL_BASELINES)]'
 	gptst outputs
 
 lint: $(STAMP)
@@ -74,6 +75,7 @@ test: lint
 
 ui: $(STAMP)
 	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)  (store: $(MLFLOW_TRACKING_URI))"
+	@echo "runs of every baseline and variant, best test MAE first: $$(gptst ui-url --base-url http://127.0.0.1:$(UI_PORT))"
 	mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --default-artifact-root "$(CURDIR)/mlartifacts" --host 127.0.0.1 --port $(UI_PORT)
 
 bench: $(STAMP)

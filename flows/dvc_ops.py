@@ -24,6 +24,7 @@ from gptst.errors import InputError
 from gptst.io import atomic_path
 from gptst.layout import VARIANTS
 from gptst.params import OrchestrationParams, Params, load_params
+from gptst.tracking import PIPELINE_RUN_ENV
 
 PARAMS_FILE = "params.yaml"
 LOCK_FILE = "dvc.lock"
@@ -101,7 +102,22 @@ def dvc_env(tracking_uri: str | None = None, base: Mapping[str, str] | None = No
     env.setdefault("DVC_NO_ANALYTICS", "1")
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
+    if not env.get(PIPELINE_RUN_ENV):
+        pipeline_run = current_pipeline_run()
+        if pipeline_run:
+            env[PIPELINE_RUN_ENV] = pipeline_run
     return env
+
+
+def current_pipeline_run() -> str | None:
+    """The id of the pipeline execution this code runs in: the root Prefect flow run (the pipeline
+    flow, also for a finetune item dispatched to a worker as a flow run of its own), or None
+    outside a flow run. The stages tag their MLflow runs with it (``pipeline_run``)."""
+    from prefect.runtime import flow_run
+
+    if flow_run.get_id() is None:
+        return None
+    return str(flow_run.get_root_flow_run_id())
 
 
 def run_dvc(

@@ -17,7 +17,7 @@ from gptst.io import sha256_file
 from gptst.models.gptst.bundle import check_compatible, load_encoder
 from gptst.params import load_params
 from gptst.stage import run_stage
-from gptst.tracking import log_stage_run
+from gptst.tracking import dataset_input, log_stage_run
 from gptst.training.finetune import DownstreamData, cache_encoder
 
 
@@ -44,13 +44,15 @@ def main(argv: list[str] | None = None) -> int:
             source=args.series,
         )
         data = DownstreamData.prepare(params, series, load_adjacency(args.adjacency), device)
+        sha = read_series_metadata(args.series).get("source_sha256", "")
         index = cache_encoder(args.out, params, data, bundle, encoder_sha256=sha256_file(args.encoder), device=device)
         log_stage_run(
             "encode",
             params,
-            dataset_sha256=read_series_metadata(args.series).get("source_sha256", ""),
+            dataset_sha256=sha,
             device=device,
             tags={"encoder_sha256": index.encoder_sha256, "mode": index.mode},
+            dataset=dataset_input(params, args.series, sha, context="inference"),
             metrics={"windows": index.windows, "cache_gb": index.size_bytes / 2**30 if index.mode == "cached" else 0.0},
         )
         print(f"encode: {index.windows} windows, {index.mode} ({index.reason}) -> {args.out}")

@@ -16,7 +16,7 @@ from gptst.evaluation.run import evaluate
 from gptst.metrics import mlflow_metric_keys
 from gptst.params import load_params
 from gptst.stage import run_stage
-from gptst.tracking import log_stage_run
+from gptst.tracking import dataset_input, log_stage_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         result = evaluate(params, load_series(args.series), models=args.models, reports=args.reports, out=args.out)
         sha = read_series_metadata(args.series).get("source_sha256", "")
+        dataset = dataset_input(params, args.series, sha, context="evaluation")
         for name, table in result.references.items():
             log_stage_run(
                 "reference",
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                 sections=("metrics",),
                 tags={"baseline": name, "variant": REFERENCE_VARIANT},
                 metrics=mlflow_metric_keys("test", table),
+                run_name=f"{name}/{REFERENCE_VARIANT}",
+                dataset=dataset,
             )
         run_id = log_stage_run(
             "evaluate",
@@ -49,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics=result.mlflow_metrics(),
             artifacts=[args.out / "comparison.csv", args.out / "comparison.md", *result.figures],
             artifact_path="evaluate",
+            dataset=dataset,
         )
         print(result.markdown)
         for path in result.absent:

@@ -19,6 +19,7 @@ from gptst.io import sha256_file
 from gptst.layout import ENCODER_VARIANTS, VARIANTS, encoder_model_name, model_name
 from gptst.params import Params, load_params
 from gptst.stage import run_stage
+from gptst.tracking import dataset_input
 from gptst.tracking.registry import md5_file
 from gptst.tracking.sidecar import Pending, TrackingSidecar
 
@@ -161,6 +162,8 @@ def _finetune_item(args: argparse.Namespace, params: Params, tracking: TrackingS
         device=device,
         sections=("windows", "finetune"),
         tags={"baseline": name, "variant": variant, **encoder_tags},
+        run_name=f"{name}/{variant}",
+        dataset=dataset_input(params, args.series, sha),
     ) as run:
         run.log_params({f"baselines.{name}.{k}": v for k, v in section.model_dump(mode="json").items()})
         result = finetune(

@@ -19,6 +19,7 @@ from gptst.layout import encoder_model_name
 from gptst.params import Params, load_params
 from gptst.reporting import plot_curves, write_curves
 from gptst.stage import run_stage
+from gptst.tracking import dataset_input
 from gptst.tracking.sidecar import TrackingSidecar
 from gptst.training.identity import run_identity
 from gptst.training.pretrain import pretrain
@@ -41,7 +42,14 @@ def _pretrain(args: argparse.Namespace, params: Params, dist: Distributed, track
     if tracking is None:  # another rank: trains its shard, rank 0 writes and logs
         pretrain(params, series, state_dir=args.state, device=device, dist=dist, identity=identity)
         return
-    with tracking.run("pretrain", params, dataset_sha256=sha, device=device, sections=("pretrain", "windows")) as run:
+    with tracking.run(
+        "pretrain",
+        params,
+        dataset_sha256=sha,
+        device=device,
+        sections=("pretrain", "windows"),
+        dataset=dataset_input(params, args.series, sha),
+    ) as run:
         result = pretrain(
             params, series, state_dir=args.state, device=device, dist=dist, log_fn=run.log_fn(), identity=identity
         )

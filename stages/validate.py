@@ -14,7 +14,7 @@ from gptst.errors import InvalidDataError
 from gptst.graph.bundle import load_adjacency
 from gptst.params import load_params
 from gptst.stage import run_stage
-from gptst.tracking import log_stage_run
+from gptst.tracking import dataset_input, log_stage_run
 from gptst.validation.validate import validate_dataset
 
 
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics={k: v for k, v in report.counts.items() if isinstance(v, (int, float))},
             artifacts=list(report.paths.values()),
             artifact_path="validation",
+            dataset=dataset_input(params, args.series, sha, context="validation"),
         )
         counts = report.counts
         verdict = "passed" if report.success else "FAILED"

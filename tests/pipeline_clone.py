@@ -74,6 +74,17 @@ class Clone:
                 "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'stage' ORDER BY r.start_time"
             ).fetchall()
 
+    def named_runs(self) -> list[dict[str, str]]:
+        """Every run of the clone's store, oldest first: experiment, run name, stage and pipeline_run tags."""
+        with sqlite3.connect(self.root / "mlruns.db") as db:
+            rows = db.execute(
+                "SELECT e.name, r.name, "
+                "(SELECT value FROM tags WHERE run_uuid = r.run_uuid AND key = 'stage'), "
+                "(SELECT value FROM tags WHERE run_uuid = r.run_uuid AND key = 'pipeline_run') "
+                "FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id ORDER BY r.start_time"
+            ).fetchall()
+        return [dict(zip(("experiment", "name", "stage", "pipeline_run"), row, strict=True)) for row in rows]
+
     def model_versions(self) -> list[tuple[str, int]]:
         with sqlite3.connect(self.root / "mlruns.db") as db:
             return db.execute("SELECT name, version FROM model_versions ORDER BY name, version").fetchall()

@@ -31,6 +31,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Clone:
     c.dvc("repro", name="first")
     c.week_outputs = c.hashes("data/processed/metr-la-week")  # type: ignore[attr-defined]
     c.runs_after_first = c.mlflow_runs()  # type: ignore[attr-defined]
+    c.named_runs_after_first = c.named_runs()  # type: ignore[attr-defined]
     c.versions_after_first = c.model_versions()  # type: ignore[attr-defined]
     c.promotion_after_first = json.loads((root / "reports/metr-la-week/promotion.json").read_text())  # type: ignore[attr-defined]
     c.dvc("repro", name="second")
@@ -129,6 +130,28 @@ def test_every_stage_logged_an_mlflow_run_into_the_store_at_the_project_root(clo
     assert stages.count("finetune") == 2 * len(BASELINES) and stages.count("finetune_gptst") == 2 * len(BASELINES)
     assert stages[-1] == "promote"
     assert (clone.root / "mlartifacts" / "gptst-metr-la-week").is_dir()
+
+
+def test_runs_are_named_for_what_ran_and_one_execution_shares_its_pipeline_run_tag(clone: Clone):
+    runs = [r for r in clone.named_runs_after_first if r["experiment"] == "gptst-metr-la-week"]  # type: ignore[attr-defined]
+    names = [r["name"] for r in runs]
+    assert names[:5] == ["ingest", "adjacency", "validate", "pretrain", "encode"]
+    assert names[-2:] == ["evaluate", "promote"]
+    finetunes = {f"{b}/{v}" for b in BASELINES for v in VARIANTS}
+    assert finetunes <= set(names) and {"persistence/reference", "historical_average/reference"} <= set(names)
+    assert len(names) == 5 + len(finetunes) + 2 + 2
+    # A bare `dvc repro` (no GPTST_PIPELINE_RUN): the runs of one pipeline configuration.
+    (pipeline_run,) = {r["pipeline_run"] for r in runs}
+    assert pipeline_run.startswith("config-")
+    with sqlite3.connect(clone.root / "mlruns.db") as db:
+        kinds = dict(
+            db.execute(
+                "SELECT e.name, t.value FROM experiments e LEFT JOIN experiment_tags t "
+                "ON t.experiment_id = e.experiment_id AND t.key = 'mlflow.experimentKind' WHERE e.name != 'Default'"
+            )
+        )
+    # MLflow 3's UI opens it on the runs table of a model-training experiment, not on its GenAI overview.
+    assert "gptst-metr-la-week" in kinds and set(kinds.values()) == {"custom_model_development"}
 
 
 def test_every_baseline_and_variant_is_registered_once_and_a_champion_chosen(clone: Clone):

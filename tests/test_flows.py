@@ -392,7 +392,21 @@ def pipeline_run(prefect_harness, workspace: Clone) -> dict:
             tracking_uri=workspace.tracking_uri,
             return_state=True,
         )
-    return {"state": state, "versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}
+    return {
+        "state": state,
+        "versions": workspace.model_versions(),
+        "runs": workspace.mlflow_runs(),
+        "named_runs": workspace.named_runs(),
+    }
+
+
+@pytest.mark.slow
+def test_every_mlflow_run_of_the_flow_carries_its_flow_run_id(pipeline_run):
+    """The UI groups one execution's runs by the `pipeline_run` tag: the pipeline flow's run id."""
+    flow_run_id = str(pipeline_run["state"].state_details.flow_run_id)
+    runs = [r for r in pipeline_run["named_runs"] if r["experiment"] == f"gptst-{DATASET}"]
+    assert len(runs) >= 9 and {r["pipeline_run"] for r in runs} == {flow_run_id}
+    assert {"tgcn/plain", "tgcn/gptst", "evaluate", "promote"} <= {r["name"] for r in runs}
 
 
 @pytest.mark.slow

@@ -107,7 +107,9 @@ def test_pretraining_reads_training_windows_only(stage):
 def test_the_mlflow_run_has_params_the_preset_and_per_epoch_metrics(stage):
     project, _, _, _, runs, store = stage
     first, second = sorted((r for r in runs if r.data.tags.get("stage") == "pretrain"), key=lambda r: r.info.start_time)
-    assert first.data.tags["preset"] == "tiny"
+    assert first.data.tags["preset"] == "tiny" and first.info.run_name == "pretrain"
+    (dataset,) = first.inputs.dataset_inputs  # the tracking helper logged the series it trained on
+    assert dataset.dataset.name == "metr-la-week" and dataset.dataset.digest == first.data.tags["dataset_sha256"][:36]
     assert first.data.params["pretrain.epochs"] == str(project.params.pretrain.epochs)
     store_client = mlflow.tracking.MlflowClient(store)
     for run in (first, second):  # the second run resumed the finished checkpoint: it shows the whole curve

@@ -3,6 +3,7 @@ its artifact folder, and every stage run carries the standard tags."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,16 @@ import pytest
 
 from gptst.params import load_params
 from gptst.project import git_commit, repo_root
-from gptst.tracking import ensure_experiment, experiment_name, stage_run, tracking_uri
+from gptst.tracking import (
+    dataset_input,
+    ensure_experiment,
+    experiment_name,
+    pipeline_run_id,
+    runs_view_url,
+    stage_run,
+    tracking_uri,
+)
+from gptst.tracking.registry import client
 
 from .conftest import REPO_ROOT
 
@@ -86,3 +96,74 @@ def test_git_commit_marks_a_dirty_tree(tmp_path: Path):
     assert git_commit(tmp_path) == head
     (tmp_path / "f").write_text("2")
     assert git_commit(tmp_path) == f"{head}-dirty"
+
+
+def test_a_run_is_named_for_what_ran_and_records_the_series_it_read_as_a_dataset_input(
+    project: Path, monkeypatch, week_h5: Path
+):
+    from gptst.data.ingest import ingest
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlruns.db'}")
+    params = load_params(project / "params.yaml")
+    series = project / "series.parquet"
+    ingest(params.dataset, week_h5, series, project / "meta.json")
+    sha = "ab" * 32
+    dataset = dataset_input(params, series, sha)
+    with stage_run("finetune", params, dataset_sha256=sha, run_name="tgcn/plain", dataset=dataset) as run:
+        pass
+    stored = client().get_run(run.info.run_id)
+    assert stored.info.run_name == "tgcn/plain" and stored.data.tags["stage"] == "finetune"
+    (recorded,) = stored.inputs.dataset_inputs
+    assert recorded.dataset.name == "metr-la-week"
+    assert recorded.dataset.digest == sha[:36]  # MLflow's longest digest; the whole hash is a tag
+    assert json.loads(recorded.dataset.source) == {"uri": str(series.resolve())}
+    columns = json.loads(recorded.dataset.schema)["mlflow_colspec"]
+    assert len(columns) == 1 + 207 and columns[0] == {"type": "datetime", "name": "timestamp", "required": True}
+    assert {c["type"] for c in columns[1:]} == {"float"}
+    assert [t.value for t in recorded.tags if t.key == "mlflow.data.context"] == ["training"]
+
+
+def test_a_run_without_a_name_is_named_after_its_stage(project: Path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlruns.db'}")
+    params = load_params(project / "params.yaml")
+    with stage_run("evaluate", params, dataset_sha256="x") as run:
+        pass
+    assert client().get_run(run.info.run_id).info.run_name == "evaluate"
+
+
+def test_experiments_open_as_model_training_experiments_also_when_made_before_the_tag(project: Path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlruns.db'}")
+    fresh = ensure_experiment("gptst-new", project)
+    old = client().create_experiment("gptst-old")  # as an earlier version of the pipeline left it
+    assert ensure_experiment("gptst-old", project) == old
+    for experiment_id in (fresh, old):
+        assert client().get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_one_pipeline_execution_shares_one_pipeline_run_tag(project: Path, monkeypatch):
+    monkeypatch.delenv("GPTST_PIPELINE_RUN", raising=False)
+    params = load_params(project / "params.yaml")
+    by_config = pipeline_run_id(project)
+    assert by_config.startswith("config-") and pipeline_run_id(project) == by_config
+    (project / "params.yaml").write_text((project / "params.yaml").read_text() + "\n# edited\n")
+    assert pipeline_run_id(project) != by_config  # another configuration, another group
+    monkeypatch.setenv("GPTST_PIPELINE_RUN", "flow-run-1234")
+    assert pipeline_run_id(project) == "flow-run-1234"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlruns.db'}")
+    with stage_run("ingest", params, dataset_sha256="x") as run:
+        pass
+    assert client().get_run(run.info.run_id).data.tags["pipeline_run"] == "flow-run-1234"
+
+
+def test_the_runs_view_url_sorts_by_test_mae_best_first():
+    url = runs_view_url("http://127.0.0.1:5000/", "7")
+    assert url == "http://127.0.0.1:5000/#/experiments/7/runs?orderByKey=metrics.%60test_mae_avg%60&orderByAsc=true"
+
+
+def test_gptst_ui_url_prints_the_runs_view_of_the_datasets_experiment(project: Path, monkeypatch, capsys):
+    from gptst.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlruns.db'}")
+    assert main(["ui-url", "--params", str(project / "params.yaml"), "--base-url", "http://127.0.0.1:5123"]) == 0
+    experiment = client().get_experiment_by_name("gptst-metr-la-week")
+    assert capsys.readouterr().out.strip() == runs_view_url("http://127.0.0.1:5123", experiment.experiment_id)

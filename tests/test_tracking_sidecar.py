@@ -34,7 +34,12 @@ def test_the_run_records_params_tags_per_epoch_metrics_and_the_artifact_and_regi
     with TrackingSidecar.start(project) as tracking:
         missing = tracking.find_version("tgcn-metr-la-week", md5_file(bundle))
         with tracking.run(
-            "finetune", params, dataset_sha256="abc", sections=("windows",), tags={"baseline": "tgcn"}
+            "finetune",
+            params,
+            dataset_sha256="abc",
+            sections=("windows",),
+            tags={"baseline": "tgcn"},
+            run_name="tgcn/plain",
         ) as run:
             run.log_params({"baselines.tgcn.hidden": 64})
             log = run.log_fn()
@@ -53,7 +58,7 @@ def test_the_run_records_params_tags_per_epoch_metrics_and_the_artifact_and_regi
     )
     mlflow_client = client()
     stored = mlflow_client.get_run(run_id)
-    assert stored.info.status == "FINISHED" and stored.info.run_name == "finetune-metr-la-week"
+    assert stored.info.status == "FINISHED" and stored.info.run_name == "tgcn/plain"
     assert stored.data.tags["stage"] == "finetune" and stored.data.tags["baseline"] == "tgcn"
     assert stored.data.tags["encoder_version"] == "3" and stored.data.tags["dataset_sha256"] == "abc"
     assert stored.data.params["baselines.tgcn.hidden"] == "64" and stored.data.params["windows.t_in"] == "12"

@@ -1,4 +1,4 @@
-"""The ``gptst`` command: params, baselines, predict and outputs (exit codes: :mod:`gptst.errors`)."""
+"""The ``gptst`` command: params, baselines, predict, ui-url and outputs (exit codes: :mod:`gptst.errors`)."""
 
 from __future__ import annotations
 
@@ -163,6 +163,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ui_url(args: argparse.Namespace) -> int:
+    from gptst.params import load_params
+    from gptst.tracking import ensure_experiment, experiment_name, runs_view_url
+
+    params = load_params(args.params)
+    experiment_id = ensure_experiment(experiment_name(params), params.root)
+    print(runs_view_url(args.base_url, experiment_id))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gptst`` console script."""
     parser = argparse.ArgumentParser(prog="gptst", description="GPT-ST pipeline tools")
@@ -187,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="predictions.npz to write")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=_cmd_predict)
+    p = sub.add_parser("ui-url", help="the MLflow UI's runs table of the dataset's experiment, sorted by test MAE")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--base-url", default="http://127.0.0.1:5000", help="where the MLflow UI serves")
+    p.set_defaults(func=_cmd_ui_url)
     p = sub.add_parser("outputs", help="list what the pipeline has produced (from dvc.lock)")
     p.add_argument("--root", default=".")
     p.set_defaults(func=_cmd_outputs)

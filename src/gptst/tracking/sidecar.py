@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gptst.params import Params
-from gptst.tracking import RunSpec, run_spec
+from gptst.tracking import DatasetInput, RunSpec, run_spec
 from gptst.tracking.registry import output_lineage_tags
 
 # Seconds the stage waits for the helper to finish its queue and exit after the run ended.
@@ -130,10 +130,22 @@ class TrackingSidecar:
         device: str = "cpu",
         sections: tuple[str, ...] = (),
         tags: Mapping[str, str] | None = None,
+        run_name: str | None = None,
+        dataset: DatasetInput | None = None,
     ) -> Iterator[SidecarRun]:
-        """One MLflow run of ``stage`` (the standard tags plus ``tags``, the params of ``sections``).
+        """One MLflow run of ``stage`` (:func:`gptst.tracking.run_spec`: named ``run_name``, the
+        standard tags plus ``tags``, the params of ``sections``, ``dataset`` as its input).
         It ends FINISHED, or FAILED when the block raises; tracking errors surface at the end."""
-        spec = run_spec(stage, params, dataset_sha256=dataset_sha256, device=device, sections=sections, tags=tags)
+        spec = run_spec(
+            stage,
+            params,
+            dataset_sha256=dataset_sha256,
+            device=device,
+            sections=sections,
+            tags=tags,
+            run_name=run_name,
+            dataset=dataset,
+        )
         run = SidecarRun(self, spec, params)
         self.send("start", spec=spec.__dict__)
         try:

@@ -157,7 +157,10 @@ def test_one_pipeline_execution_shares_one_pipeline_run_tag(project: Path, monke
 
 def test_the_runs_view_url_sorts_by_test_mae_best_first():
     url = runs_view_url("http://127.0.0.1:5000/", "7")
-    assert url == "http://127.0.0.1:5000/#/experiments/7/runs?orderByKey=metrics.%60test_mae_avg%60&orderByAsc=true"
+    assert url == (
+        "http://127.0.0.1:5000/#/experiments/7/runs?orderByKey=metrics.%60test_mae_avg%60&orderByAsc=true"
+        "&workflowType=machine_learning"
+    )
 
 
 def test_gptst_ui_url_prints_the_runs_view_of_the_datasets_experiment(project: Path, monkeypatch, capsys):

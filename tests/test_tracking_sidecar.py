@@ -5,6 +5,7 @@ reaches the stage; a failing stage ends its run as FAILED; the helper never outl
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,7 @@ def test_the_run_records_params_tags_per_epoch_metrics_and_the_artifact_and_regi
     assert stored.info.status == "FINISHED" and stored.info.run_name == "tgcn/plain"
     assert stored.data.tags["stage"] == "finetune" and stored.data.tags["baseline"] == "tgcn"
     assert stored.data.tags["encoder_version"] == "3" and stored.data.tags["dataset_sha256"] == "abc"
+    assert stored.data.tags["mlflow.source.name"] == str(Path(sys.argv[0]).resolve())  # the stage, not the helper
     assert stored.data.params["baselines.tgcn.hidden"] == "64" and stored.data.params["windows.t_in"] == "12"
     history = mlflow_client.get_metric_history(run_id, "val_mae")
     assert [(m.step, round(m.value, 6)) for m in history] == [(1, 3.9), (2, 3.8), (3, 3.7)]

@@ -73,9 +73,11 @@ def ensure_experiment(name: str, root: str | Path | None = None) -> str:
 
 
 def runs_view_url(base_url: str, experiment_id: str, sort_metric: str = "test_mae_avg") -> str:
-    """The MLflow UI's runs table of ``experiment_id`` sorted by ``sort_metric``, best (lowest) first."""
+    """The MLflow UI's runs table of ``experiment_id`` sorted by ``sort_metric``, best (lowest) first,
+    in the UI's model-training mode (its default is the GenAI one)."""
     order = quote(f"metrics.`{sort_metric}`", safe="")
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?orderByKey={order}&orderByAsc=true"
+    query = f"orderByKey={order}&orderByAsc=true&workflowType=machine_learning"
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def pipeline_run_id(root: str | Path) -> str:

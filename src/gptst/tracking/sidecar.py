@@ -136,13 +136,15 @@ class TrackingSidecar:
         """One MLflow run of ``stage`` (:func:`gptst.tracking.run_spec`: named ``run_name``, the
         standard tags plus ``tags``, the params of ``sections``, ``dataset`` as its input).
         It ends FINISHED, or FAILED when the block raises; tracking errors surface at the end."""
+        # The run's source is the stage's script, not the helper MLflow runs in.
+        source = {"mlflow.source.name": str(Path(sys.argv[0]).resolve()), "mlflow.source.type": "LOCAL"}
         spec = run_spec(
             stage,
             params,
             dataset_sha256=dataset_sha256,
             device=device,
             sections=sections,
-            tags=tags,
+            tags={**source, **(tags or {})},
             run_name=run_name,
             dataset=dataset,
         )

@@ -8,7 +8,15 @@ params.yaml only. One pipeline run per session."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import sqlite3
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,6 +24,7 @@ import yaml
 from gptst.layout import VARIANTS
 
 from .pipeline_clone import Clone, make_clone
+from .processes import free_port, stop_process_group, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +89,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Clone:
     c.dvc("status", "ingest", name="after_restore")
     c.week_outputs = c.hashes("data/processed/metr-la-week")  # type: ignore[attr-defined]
 
+    c.week_params = (root / "params.yaml").read_text()  # type: ignore[attr-defined]
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["dataset"].update(
         name="nycbike-grid",
@@ -286,3 +296,124 @@ def test_the_nyc_bike_grid_runs_by_editing_params_only(clone: Clone):
     assert bundle.channels == ["inflow", "outflow"] and bundle.forecaster.encoder is not None
     metrics = json.loads((clone.root / "reports/nycbike-grid/finetune/tgcn/gptst/metrics.json").read_text())
     assert metrics["dataset"] == "nycbike-grid" and metrics["horizons"]["avg"]["mae"] > 0
+
+
+# ------------------------------------------------------------------ the MLflow UI in a browser
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Flags of a headless Chromium on a machine without network: no background connections.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=20000",
+)
+
+
+def rendered(url: str, out: Path, *, size: str = "1700,1000", screenshot: Path | None = None) -> list[str]:
+    """The text nodes of ``url`` as headless Chromium rendered it (scripts run, API calls answered)."""
+    assert CHROMIUM is not None
+    profile = out / f"profile-{len(list(out.iterdir()))}"
+    base = [CHROMIUM, *CHROMIUM_FLAGS, f"--window-size={size}", f"--user-data-dir={profile}"]
+    if screenshot is not None:
+        subprocess.run([*base, f"--screenshot={screenshot}", url], capture_output=True, timeout=120, check=True)
+    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
+    return [t.strip() for t in re.split(r"<[^>]+>", dom) if t.strip()]
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(clone: Clone, tmp_path_factory: pytest.TempPathFactory):
+    """`make ui` over the pipeline runs' store with the week's params: the runs-view URL it printed;
+    stopped by its PID."""
+    if CHROMIUM is None:
+        if os.environ.get("GPTST_REQUIRE_BROWSER"):
+            pytest.fail("GPTST_REQUIRE_BROWSER is set but no chromium is installed (apt-get install chromium)")
+        pytest.skip("no chromium: .ci/run installs Debian's chromium package for this check")
+    if not (clone.root / ".venv").exists():
+        (clone.root / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    port = free_port()
+    log = tmp_path_factory.mktemp("mlflow-ui") / "ui.log"
+    nyc_params = (clone.root / "params.yaml").read_text()
+    (clone.root / "params.yaml").write_text(clone.week_params)  # type: ignore[attr-defined]  # the week's experiment
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            ["make", "--no-print-directory", "-o", ".venv/.installed", "ui", f"UI_PORT={port}"],
+            cwd=clone.root,
+            env=clone.env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def runs_url() -> str | None:
+            found = re.search(r"best test MAE first: (\S+)", log.read_text())
+            return found.group(1) if found else None
+
+        url = wait_until(runs_url, 120, "make ui to print the runs view URL", interval=1.0)
+
+        def answers() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as reply:
+                    return reply.status == 200
+            except OSError:
+                return False
+
+        wait_until(answers, 120, f"the MLflow UI on port {port}", interval=1.0)
+        yield {"url": url, "port": port, "out": tmp_path_factory.mktemp("chromium")}
+    finally:
+        stop_process_group(proc)
+        (clone.root / "params.yaml").write_text(nyc_params)
+
+
+def test_the_runs_page_in_a_browser_lists_every_baseline_and_variant_sorted_by_test_mae(mlflow_ui, clone: Clone):
+    url, out = mlflow_ui["url"], mlflow_ui["out"]
+    assert url.startswith(f"http://127.0.0.1:{mlflow_ui['port']}/#/experiments/") and "test_mae_avg" in url
+    screenshot = out / "runs.png"
+    text = rendered(url, out, screenshot=screenshot)
+    assert screenshot.stat().st_size > 10_000
+    # The model-training view (Runs, Models), not the GenAI one (Overview, Sessions, Judges).
+    assert "Runs" in text and "Models" in text and not {"Overview", "Sessions", "Judges"} & set(text)
+    for baseline in BASELINES:
+        for variant in VARIANTS:
+            assert f"{baseline}/{variant}" in text
+    assert "persistence/reference" in text and "Sort: test_mae_avg" in " ".join(text)
+    # Best test MAE first: the runs table lists the runs in the order of their test_mae_avg.
+    first = [r for r in clone.named_runs_after_first if r["experiment"] == "gptst-metr-la-week"]  # type: ignore[attr-defined]
+    shown = [t for t in text if t in {r["name"] for r in first if "/" in r["name"]}]
+    with sqlite3.connect(clone.root / "mlruns.db") as db:
+        best = dict(
+            db.execute(
+                "SELECT r.name, MIN(m.value) FROM runs r JOIN latest_metrics m ON m.run_uuid = r.run_uuid "
+                "JOIN experiments e ON e.experiment_id = r.experiment_id "
+                "WHERE m.key = 'test_mae_avg' AND e.name = 'gptst-metr-la-week' GROUP BY r.name"
+            )
+        )
+    assert shown[0] == min(best, key=best.get)
+
+
+def test_the_compared_runs_show_their_test_mae_in_a_browser(mlflow_ui, clone: Clone):
+    with sqlite3.connect(clone.root / "mlruns.db") as db:
+        runs = db.execute(
+            "SELECT r.run_uuid, r.name, r.experiment_id, m.value FROM runs r JOIN latest_metrics m "
+            "ON m.run_uuid = r.run_uuid AND m.key = 'test_mae_avg' JOIN tags t ON t.run_uuid = r.run_uuid "
+            "AND t.key = 'stage' AND t.value LIKE 'finetune%' ORDER BY r.start_time LIMIT ?",
+            (len(BASELINES) * len(VARIANTS),),
+        ).fetchall()
+    ids = json.dumps([r[0] for r in runs])
+    experiments = json.dumps(sorted({str(r[2]) for r in runs}))
+    base = f"http://127.0.0.1:{mlflow_ui['port']}/#/compare-runs"
+    query = urllib.parse.urlencode({"runs": ids, "experiments": experiments})
+    text = rendered(f"{base}?{query}", mlflow_ui["out"], size="1700,3000")
+    # The metrics table: one label per metric, then each metric's values run by run.
+    metrics = text[text.index("Metrics") :]
+    labels = [t for t in metrics if re.fullmatch(r"[a-z_0-9]+", t) and not t.replace("_", "").isdigit()]
+    values = [t for t in metrics if re.fullmatch(r"-?[0-9.e+-]+", t)]
+    row = labels.index("test_mae_avg")
+    shown = [float(v) for v in values[row * len(runs) : (row + 1) * len(runs)]]
+    assert [r[1] for r in runs] == [t for t in text if t in {r[1] for r in runs}][: len(runs)]  # header order
+    assert shown == pytest.approx([r[3] for r in runs], abs=5e-4)

@@ -11,8 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +22,7 @@ from gptst.errors import InputError
 
 from .conftest import REPO_ROOT
 from .pipeline_clone import GIT_IDENTITY, Clone, make_clone
+from .processes import free_port, stop_process_group, wait_until
 
 DATASET = "metr-la-week"
 # finetune_params (the resolved baseline params) depends on no data: DVC orders it first.
@@ -460,26 +459,6 @@ def test_the_comparison_table_is_published_as_a_markdown_artifact(pipeline_run):
 
 
 # ------------------------------------------------------------- real server, worker, deploy
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop_process_group(proc: subprocess.Popen) -> None:
-    """SIGTERM to the group led by ``proc`` (started in a new session), SIGKILL if it lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=20)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 class Api:
     """The REST API of the real server (plain HTTP: the test harness owns this process's settings)."""
 
@@ -527,16 +506,6 @@ class Api:
             if len(page) < 200:
                 return messages
             offset += 200
-
-
-def wait_until(condition, timeout: float, what: str, interval: float = 2.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 ITEM = "finetune_gptst@tgcn-gptst"

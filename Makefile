@@ -45,7 +45,7 @@ help:
 	@echo "make bench-ablations [QUICK=1] - ablations and robustness of bench/ablations.yaml (resumable; bench/results/ablations.md)"
 	@echo "make server - Prefect server and UI on http://127.0.0.1:$(PREFECT_PORT)"
 	@echo "make worker GPU=k - a Prefect worker for one GPU on the orchestration.work_pool pool"
-	@echo "make deploy [CRON=...] - the work pool and the deployments of prefect.yaml (retrain on orchestration.retrain_cron)"
+	@echo "make deploy [CRON=...] [FORECAST_CRON=...] - the work pool and the deployments of prefect.yaml (retrain on orchestration.retrain_cron, forecast on orchestration.forecast_cron)"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -106,7 +106,9 @@ bench-ablations: $(STAMP)
 # Orchestration (Prefect): a server on 127.0.0.1, one worker per GPU, the deployments of prefect.yaml.
 #   make server                      Prefect API and UI on http://127.0.0.1:$(PREFECT_PORT)
 #   make worker GPU=k                a worker of the work pool (orchestration.work_pool) that sees GPU k only
-#   make deploy [CRON="0 3 * * 1"]   work pool + deployments; the cron defaults to orchestration.retrain_cron
+#   make deploy [CRON="0 3 * * 1"] [FORECAST_CRON="0 * * * *"]
+#                                    work pool + deployments; the crons default to orchestration.retrain_cron
+#                                    and orchestration.forecast_cron
 PREFECT_PORT ?= 4200
 GPU ?= 0
 GPTST_WORKSPACE ?= $(CURDIR)
@@ -125,4 +127,4 @@ worker: $(STAMP)
 	  --pool "$$(python -m flows.deploy --work-pool)" --type process --name "gpu-$(GPU)-$$(hostname)" --limit 1
 
 deploy: $(STAMP)
-	python -m flows.deploy $(if $(CRON),--cron "$(CRON)")
+	python -m flows.deploy $(if $(CRON),--cron "$(CRON)") $(if $(FORECAST_CRON),--forecast-cron "$(FORECAST_CRON)")

@@ -4,7 +4,8 @@
 environment, which ``prefect deploy`` substitutes for ``{{ $NAME }}``: ``GPTST_DATASET``
 (``dataset.name``: the deployment ``retrain-<dataset>``), ``GPTST_WORK_POOL``
 (``orchestration.work_pool``), ``GPTST_RETRAIN_CRON`` (``orchestration.retrain_cron``, or ``--cron``)
-and ``GPTST_TIMEZONE`` (``orchestration.timezone``). The pool is a ``process`` pool whose
+and ``GPTST_FORECAST_CRON`` (``orchestration.forecast_cron``, or ``--forecast-cron``) and
+``GPTST_TIMEZONE`` (``orchestration.timezone``). The pool is a ``process`` pool whose
 concurrency limit is ``orchestration.gpus`` (one flow run per GPU).
 
     python -m flows.deploy [--cron "*/5 * * * *"]     # the Prefect API: PREFECT_API_URL
@@ -50,16 +51,18 @@ def ensure_work_pool(name: str, concurrency_limit: int) -> str:
         return f"work pool {name!r}: concurrency limit {concurrency_limit}"
 
 
-def deploy_env(params_file: str | Path, cron: str | None = None) -> dict[str, str]:
+def deploy_env(params_file: str | Path, cron: str | None = None, forecast_cron: str | None = None) -> dict[str, str]:
     """The environment ``prefect deploy`` reads ``prefect.yaml``'s placeholders from."""
     params = load_params(params_file)
     orchestration = params.orchestration
-    if cron is not None:  # validated like the params value
-        orchestration = OrchestrationParams.model_validate({**orchestration.model_dump(), "retrain_cron": cron})
+    overrides = {k: v for k, v in (("retrain_cron", cron), ("forecast_cron", forecast_cron)) if v is not None}
+    if overrides:  # validated like the params values
+        orchestration = OrchestrationParams.model_validate({**orchestration.model_dump(), **overrides})
     return {
         "GPTST_DATASET": params.dataset.name,
         "GPTST_WORK_POOL": orchestration.work_pool,
         "GPTST_RETRAIN_CRON": orchestration.retrain_cron,
+        "GPTST_FORECAST_CRON": orchestration.forecast_cron,
         "GPTST_TIMEZONE": orchestration.timezone,
     }
 
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--prefect-file", default="prefect.yaml")
     parser.add_argument("--cron", help="retraining schedule instead of orchestration.retrain_cron")
+    parser.add_argument("--forecast-cron", help="forecast schedule instead of orchestration.forecast_cron")
     parser.add_argument("--work-pool", action="store_true", help="print the work pool's name and exit")
     args = parser.parse_args(argv)
 
@@ -76,10 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.work_pool:
             print(load_params(args.params).orchestration.work_pool)
             return 0
-        values = deploy_env(args.params, args.cron)
+        values = deploy_env(args.params, args.cron, args.forecast_cron)
         params = load_params(args.params)
         print(ensure_work_pool(values["GPTST_WORK_POOL"], params.orchestration.gpus))
         print(f"retrain-{values['GPTST_DATASET']}: cron {values['GPTST_RETRAIN_CRON']!r} ({values['GPTST_TIMEZONE']})")
+        print(
+            f"forecast-{values['GPTST_DATASET']}: cron {values['GPTST_FORECAST_CRON']!r} ({values['GPTST_TIMEZONE']})"
+        )
         cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", args.prefect_file]
         return subprocess.run(cmd, check=False, env={**os.environ, **values}).returncode
 

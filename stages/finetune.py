@@ -88,6 +88,7 @@ def _write_outputs(
             "best_epoch": result.fit.best_epoch,
             "val_mae": result.val["avg"]["mae"],
             "preset": params.preset or "",
+            "null_value": series.null_value,
             **lineage,
         },
     )
@@ -187,12 +188,14 @@ def _finetune_item(args: argparse.Namespace, params: Params, tracking: TrackingS
             run.log_metrics(mlflow_metric_keys(split, table))
         write_curves(result.fit.history, args.reports / "curves.csv")
         run.log_metrics({"best_epoch": result.fit.best_epoch})
-        run.log_artifact(model_path, artifact_path="model")
+        # The bundle inside an MLflow pyfunc model: `mlflow models serve` and pyfunc.load_model use it.
+        run.log_forecaster(model_path, "model", series.node_ids, series.channels)
         registered = run.register_output(
             model_name(name, dataset),
             model_path,
             "model",
             {"baseline": name, "variant": variant, "dataset_sha256": sha, **encoder_tags},
+            source="model",
         )
     print(
         f"finetune {name}/{variant}: best epoch {result.fit.best_epoch}/{params.finetune.common.epochs}, "

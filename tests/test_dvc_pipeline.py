@@ -14,10 +14,12 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -417,3 +419,164 @@ def test_the_compared_runs_show_their_test_mae_in_a_browser(mlflow_ui, clone: Cl
     shown = [float(v) for v in values[row * len(runs) : (row + 1) * len(runs)]]
     assert [r[1] for r in runs] == [t for t in text if t in {r[1] for r in runs}][: len(runs)]  # header order
     assert shown == pytest.approx([r[3] for r in runs], abs=5e-4)
+
+
+# ------------------------------------------------------------------ forecasts served from the registry
+@pytest.fixture(scope="module")
+def served_version(clone: Clone) -> dict:
+    """A registered T-GCN version of the week whose bundle is the one now in models/ (its DVC md5),
+    with that variant's saved test forecasts and the week's series."""
+    from gptst.data.series import load_series
+    from gptst.evaluation.predictions import read_predictions
+    from gptst.tracking.registry import md5_file
+
+    finetuned = clone.root / "models/metr-la-week/finetune" / BASELINES[0]
+    by_md5 = {md5_file(finetuned / v / "model.pt"): v for v in VARIANTS}
+    with sqlite3.connect(clone.root / "mlruns.db") as db:
+        tagged = db.execute(
+            "SELECT version, value FROM model_version_tags WHERE name = ? AND key = 'dvc_md5' ORDER BY version",
+            (f"{BASELINES[0]}-metr-la-week",),
+        ).fetchall()
+    # plain or calendar: finetune scored the gptst variants from the fp16 encode cache, which a
+    # served model (encoding its window in fp32) does not read.
+    version, variant = next((v, by_md5[md5]) for v, md5 in tagged if by_md5.get(md5) in ("plain", "calendar"))
+    return {
+        "uri": f"models:/{BASELINES[0]}-metr-la-week/{version}",
+        "variant": variant,
+        "saved": read_predictions(finetuned / variant / "predictions.npz"),
+        "series": load_series(clone.root / "data/processed/metr-la-week/series.parquet"),
+    }
+
+
+def request_frame(series, start: int, t_in: int):
+    """The canonical series' rows [start, start + t_in) as the DataFrame a client sends."""
+    import pandas as pd
+
+    from gptst.data.series import column_name
+
+    window = series.values[start : start + t_in]
+    columns = {
+        column_name(n, c): window[:, i, j] for i, n in enumerate(series.node_ids) for j, c in enumerate(series.channels)
+    }
+    return pd.DataFrame({"timestamp": series.timestamps[start : start + t_in], **columns})
+
+
+def test_the_registered_model_forecasts_as_a_pyfunc_what_finetune_saved(served_version, clone: Clone, monkeypatch):
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", clone.tracking_uri)
+    model = mlflow.pyfunc.load_model(served_version["uri"])
+    saved, series = served_version["saved"], served_version["series"]
+    assert model.metadata.get_input_schema().input_names()[:2] == ["timestamp", f"{series.node_ids[0]}|speed"]
+    for k in (0, len(saved.starts) - 1):
+        frame = request_frame(series, int(saved.starts[k]), saved.t_in)
+        out = model.predict(frame)
+        assert list(out.columns) == ["timestamp", "node_id", "channel", "value", "missing_inputs"]
+        values = out["value"].to_numpy().reshape(saved.pred.shape[1:])
+        np.testing.assert_allclose(values, saved.pred[k], rtol=1e-5, atol=1e-4)
+        first_future = series.timestamps[int(saved.starts[k]) + saved.t_in]
+        assert out["timestamp"].iloc[0] == first_future and out["node_id"].iloc[0] == series.node_ids[0]
+        zeros = (series.values[int(saved.starts[k]) : int(saved.starts[k]) + saved.t_in] == 0).sum(axis=0)
+        assert out["missing_inputs"].to_numpy()[: zeros.size].tolist() == zeros.reshape(-1).tolist()
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ("nodes", "missing inputs|unknown"),  # MLflow's schema check or ours, both naming the columns
+        ("frequency", "frequency is 5min"),
+        ("too_few", "the model reads the newest 12"),
+    ],
+)
+def test_a_request_the_model_cannot_answer_is_refused_naming_what_differs(
+    served_version, clone, monkeypatch, change, words
+):
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", clone.tracking_uri)
+    model = mlflow.pyfunc.load_model(served_version["uri"])
+    frame = bad_request(served_version, change)
+    with pytest.raises(MlflowException, match=words):
+        model.predict(frame)
+
+
+def bad_request(served_version: dict, change: str):
+    saved, series = served_version["saved"], served_version["series"]
+    frame = request_frame(series, int(saved.starts[0]), saved.t_in)
+    if change == "nodes":
+        return frame.rename(columns={frame.columns[1]: "no-such-sensor|speed"})
+    if change == "frequency":
+        return frame.assign(timestamp=frame["timestamp"].iloc[0] + np.arange(len(frame)) * np.timedelta64(10, "m"))
+    return frame.iloc[1:]
+
+
+@pytest.fixture(scope="module")
+def model_server(served_version, clone: Clone, tmp_path_factory: pytest.TempPathFactory):
+    """`mlflow models serve -m <version> --host 127.0.0.1 --env-manager local`; stopped by its PID."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("model-server") / "serve.log"
+    env = {
+        **clone.env,
+        "MLFLOW_TRACKING_URI": clone.tracking_uri,
+        "PATH": f"{Path(sys.executable).parent}:{clone.env['PATH']}",
+    }
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                served_version["uri"],
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--env-manager",
+                "local",
+            ],
+            cwd=clone.root,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def pinged() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as reply:
+                    return reply.status == 200
+            except OSError:
+                return proc.poll() is not None and pytest.fail(f"the server exited: {log.read_text()[-3000:]}")
+
+        wait_until(pinged, 180, f"mlflow models serve on port {port}", interval=1.0)
+        yield f"http://127.0.0.1:{port}/invocations"
+    finally:
+        stop_process_group(proc)
+
+
+def invoke(url: str, frame) -> tuple[int, dict]:
+    body = json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split", date_format="iso", index=False))})
+    request = urllib.request.Request(url, data=body.encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_mlflow_models_serve_answers_with_the_forecast_finetune_saved(served_version, model_server):
+    saved, series = served_version["saved"], served_version["series"]
+    status, answer = invoke(model_server, request_frame(series, int(saved.starts[0]), saved.t_in))
+    assert status == 200
+    values = np.array([row["value"] for row in answer["predictions"]]).reshape(saved.pred.shape[1:])
+    np.testing.assert_allclose(values, saved.pred[0], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("change", ["nodes", "frequency"])
+def test_a_wrong_request_gets_a_4xx_that_names_the_problem(served_version, model_server, change):
+    status, answer = invoke(model_server, bad_request(served_version, change))
+    named = ("no-such-sensor|speed",) if change == "nodes" else ("frequency is 5min",)
+    assert status == 400 and all(word in answer["message"] for word in named), answer

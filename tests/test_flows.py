@@ -560,7 +560,7 @@ def orchestrated(pipeline_run, workspace: Clone, tmp_path_factory: pytest.TempPa
         start("server")
         wait_until(api.healthy, 180, f"the Prefect server on port {port}")
         deploy = subprocess.run(
-            [*make, "deploy", "CRON=* * * * *"],
+            [*make, "deploy", "CRON=* * * * *", "FORECAST_CRON=0 0 1 1 *"],  # no forecast while the test runs
             cwd=root,
             env=env,
             capture_output=True,
@@ -571,6 +571,7 @@ def orchestrated(pipeline_run, workspace: Clone, tmp_path_factory: pytest.TempPa
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         deployment = api.get(f"/deployments/name/retrain/retrain-{DATASET}")
         found |= {"deploy": deploy.stdout, "deployment": deployment, "pool": api.get("/work_pools/gpu")}
+        found["forecast_deployment"] = api.get(f"/deployments/name/forecast/forecast-{DATASET}")
         found["retrain_before"] = store()
         start("worker", "GPU=0")
 
@@ -641,6 +642,9 @@ def test_make_deploy_creates_the_scheduled_retrain_deployment_on_the_gpu_work_po
     assert schedule["schedule"]["cron"] == "* * * * *" and schedule["schedule"]["timezone"] == "UTC"
     assert pool["type"] == "process" and pool["concurrency_limit"] == 1
     assert "created work pool 'gpu'" in orchestrated["deploy"]
+    forecast = orchestrated["forecast_deployment"]  # the champion's forecast, on its own schedule
+    assert forecast["entrypoint"] == "flows/forecast.py:forecast" and forecast["work_pool_name"] == "gpu"
+    assert [s["schedule"]["cron"] for s in forecast["schedules"]] == ["0 0 1 1 *"]
 
 
 @pytest.mark.slow
@@ -717,6 +721,7 @@ def invalid_data_run(pipeline_run, workspace: Clone) -> dict:
     import numpy as np
     import pandas as pd
 
+    from flows.forecast import forecast
     from flows.retrain import retrain
 
     root = workspace.root
@@ -726,16 +731,20 @@ def invalid_data_run(pipeline_run, workspace: Clone) -> dict:
     frame.to_hdf(root / RAW, key="df")
     workspace.dvc("add", "-q", RAW)
     before = {"versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}
+    forecasts = root / "reports" / DATASET / "forecast"
     try:
         with clone_environment(workspace):
             state = retrain(workspace=str(root), tracking_uri=workspace.tracking_uri, return_state=True)
-        after = {"versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}
+            after = {"versions": workspace.model_versions(), "runs": workspace.mlflow_runs()}
+            written = sorted(forecasts.glob("*")) if forecasts.is_dir() else []
+            forecast_state = forecast(workspace=str(root), tracking_uri=workspace.tracking_uri, return_state=True)
+            after["forecasts"] = (written, sorted(forecasts.glob("*")) if forecasts.is_dir() else [])
     finally:
         workspace.run("git", "checkout", "-q", "--", f"{RAW}.dvc")
         workspace.dvc("checkout", "-q", "--force", f"{RAW}.dvc")
     flow_run_id = state.state_details.flow_run_id
     runs = task_runs_of([flow_run_id, *subflow_ids(flow_run_id)])
-    return {"state": state, "before": before, "after": after, "task_runs": runs}
+    return {"state": state, "before": before, "after": after, "task_runs": runs, "forecast_state": forecast_state}
 
 
 @pytest.mark.slow
@@ -751,3 +760,51 @@ def test_invalid_data_fails_the_retrain_at_validate_and_registers_nothing(invali
     assert invalid_data_run["after"]["versions"] == invalid_data_run["before"]["versions"]
     new_runs = [stage for _, stage in invalid_data_run["after"]["runs"][len(invalid_data_run["before"]["runs"]) :]]
     assert new_runs == ["ingest", "adjacency", "validate"]
+
+
+@pytest.mark.slow
+def test_the_forecast_flow_refuses_data_that_fails_validation(invalid_data_run):
+    """On the same invalid raw data the forecast flow fails at validate and writes no forecast."""
+    assert invalid_data_run["forecast_state"].is_failed()
+    before, after = invalid_data_run["after"]["forecasts"]
+    assert after == before
+
+
+# ------------------------------------------------------------------------- forecasts
+@pytest.fixture(scope="session")
+def forecast_run(pipeline_run, workspace: Clone) -> dict:
+    """The forecast flow after the pipeline flow registered and promoted the T-GCN champion."""
+    from flows.forecast import forecast
+
+    with clone_environment(workspace):
+        state = forecast(workspace=str(workspace.root), tracking_uri=workspace.tracking_uri, return_state=True)
+    return {"state": state}
+
+
+@pytest.mark.slow
+def test_the_forecast_flow_writes_the_champions_next_steps_and_publishes_a_table(forecast_run, workspace: Clone):
+    import pandas as pd
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from gptst.data.series import load_series
+
+    state = forecast_run["state"]
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["model"] == f"models:/tgcn-{DATASET}@champion"
+    series = load_series(workspace.root / "data/processed" / DATASET / "series.parquet")
+    path = Path(result["path"])
+    assert path.parent == workspace.root / "reports" / DATASET / "forecast"
+    assert path.name == f"{series.timestamps[-1]:%Y%m%dT%H%M%S}.parquet"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # written atomically: no temporary left
+    frame = pd.read_parquet(path)
+    assert list(frame.columns) == ["timestamp", "node_id", "channel", "value", "missing_inputs"]
+    steps = pd.date_range(series.timestamps[-1], periods=13, freq=series.freq)[1:]
+    assert len(frame) == 12 * len(series.node_ids) and sorted(frame["timestamp"].unique()) == list(steps)
+    assert set(frame["node_id"]) == set(series.node_ids) and frame["value"].notna().all()
+    with prefect_client() as client:
+        [artifact] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"forecast-{DATASET}"]))
+        )
+    rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    assert artifact.type == "table" and [r["timestamp"] for r in rows] == [str(t) for t in steps]

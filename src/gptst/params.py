@@ -337,7 +337,9 @@ class OrchestrationParams(_Section):
     DVC tracks none of it, so editing it never re-runs a stage."""
 
     retrain_cron: str = "0 3 * * 1"
-    timezone: str = Field("UTC", description="time zone of retrain_cron (IANA name)")
+    forecast_cron: str = Field("0 * * * *", description="schedule of forecast-<dataset> (flows/forecast.py)")
+    forecast_baseline: str | None = Field(None, description="whose champion forecasts; default: finetune.baselines[0]")
+    timezone: str = Field("UTC", description="time zone of retrain_cron and forecast_cron (IANA name)")
     work_pool: str = Field("gpu", min_length=1)
     gpus: int = Field(1, ge=1, description="the work pool's concurrency limit: one flow run per GPU")
     task_retries: int = Field(2, ge=0, description="retries of a failed stage (not for bad input or invalid data)")
@@ -347,7 +349,7 @@ class OrchestrationParams(_Section):
         description="per stage name (finetune: every finetune item), else default",
     )
 
-    @field_validator("retrain_cron")
+    @field_validator("retrain_cron", "forecast_cron")
     @classmethod
     def _cron_fields(cls, v: str) -> str:
         if len(v.split()) != 5:

@@ -133,11 +133,15 @@ def output_lineage_tags(params: Any, git_commit: str) -> dict[str, str]:
     }
 
 
-def register_run_output(name: str, path: str | Path, artifact_dir: str, run_id: str, tags: Mapping[str, Any]) -> str:
-    """Register a stage's output file (already logged under ``artifact_dir`` of run ``run_id``) as a
-    version of ``name``, keyed by its DVC md5, with ``tags``; returns a line saying what happened."""
+def register_run_output(
+    name: str, path: str | Path, artifact_dir: str, run_id: str, tags: Mapping[str, Any], source: str | None = None
+) -> str:
+    """Register a stage's output file (already logged under ``artifact_dir`` of run ``run_id``, or
+    inside the artifact ``source``, e.g. a pyfunc model's folder) as a version of ``name``, keyed by
+    the file's DVC md5, with ``tags``; returns a line saying what happened."""
     path = Path(path)
-    version = register_version(name, f"{artifact_dir}/{path.name}", run_id=run_id, dvc_md5=md5_file(path), tags=tags)
+    artifact = source or f"{artifact_dir}/{path.name}"
+    version = register_version(name, artifact, run_id=run_id, dvc_md5=md5_file(path), tags=tags)
     state = "registered as" if version.created else "already registered as"
     return f"{state} {version.name} version {version.version}"
 
@@ -202,7 +206,8 @@ def download_version(uri: str, dst_dir: str | Path | None = None, *, filename: s
     """Download the artifact of the version ``uri`` names into ``dst_dir`` (a new temporary
     folder if None, which the caller owns) and return the path of its bundle file.
 
-    A version whose source is a folder must hold exactly one file, or name it with ``filename``.
+    A version whose source is a folder must hold exactly one file, or name it with ``filename``;
+    an MLflow model's folder (one with an ``MLmodel`` file) holds the bundle under ``artifacts/``.
     """
     import mlflow
 
@@ -225,6 +230,8 @@ def download_version(uri: str, dst_dir: str | Path | None = None, *, filename: s
         return local
     # MLflow "downloads" a missing source as an empty folder without an error: check.
     files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else []
+    if (local / "MLmodel").is_file():
+        files = [p for p in files if p.parent == local / "artifacts"]
     if filename is not None:
         files = [p for p in files if p.name == filename]
     if len(files) != 1:

@@ -208,9 +208,23 @@ class SidecarRun:
         """Copy a file into the run's artifacts; the file must not change until the run ends."""
         self._sidecar.send("log_artifact", path=str(Path(path).resolve()), artifact_path=artifact_path)
 
-    def register_output(self, name: str, path: Path, artifact_dir: str, tags: Mapping[str, Any]) -> str:
-        """Register a file logged under ``artifact_dir`` as a version of ``name`` keyed by its DVC md5,
-        with the lineage tags plus ``tags``; returns a line saying what happened."""
+    def log_forecaster(self, bundle: str | Path, artifact_path: str, node_ids: list[str], channels: list[str]) -> None:
+        """Log the forecaster bundle file as an MLflow pyfunc model (:mod:`gptst.serving`) under
+        ``artifact_path``; the file must not change until the run ends."""
+        self._sidecar.send(
+            "log_forecaster",
+            bundle=str(Path(bundle).resolve()),
+            artifact_path=artifact_path,
+            node_ids=list(node_ids),
+            channels=list(channels),
+        )
+
+    def register_output(
+        self, name: str, path: Path, artifact_dir: str, tags: Mapping[str, Any], source: str | None = None
+    ) -> str:
+        """Register a file logged under ``artifact_dir`` (or the artifact ``source``, e.g. the pyfunc
+        model's folder that holds it) as a version of ``name`` keyed by the file's DVC md5, with the
+        lineage tags plus ``tags``; returns a line saying what happened."""
         if not self._params.tracking.register_models:
             return "not registered (tracking.register_models is false)"
         all_tags = {**output_lineage_tags(self._params, self.spec.tags.get("git_commit", "")), **tags}
@@ -221,6 +235,7 @@ class SidecarRun:
                 path=str(path.resolve()),
                 artifact_dir=artifact_dir,
                 tags={k: str(v) for k, v in all_tags.items()},
+                source=source,
             )
         )
 
@@ -292,10 +307,15 @@ class _Helper:
 
         return find_version(name, dvc_md5)
 
-    def register(self, name: str, path: str, artifact_dir: str, tags: dict[str, str]) -> str:
+    def log_forecaster(self, bundle: str, artifact_path: str, node_ids: list[str], channels: list[str]) -> None:
+        from gptst.serving import log_pyfunc_forecaster
+
+        log_pyfunc_forecaster(bundle, artifact_path, node_ids, channels)
+
+    def register(self, name: str, path: str, artifact_dir: str, tags: dict[str, str], source: str | None = None) -> str:
         from gptst.tracking.registry import register_run_output
 
-        return register_run_output(name, path, artifact_dir, self.run.info.run_id, tags)
+        return register_run_output(name, path, artifact_dir, self.run.info.run_id, tags, source=source)
 
     def end(self, status: str) -> None:
         import mlflow

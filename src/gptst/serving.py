@@ -29,7 +29,7 @@ from gptst.data.series import TIMESTAMP_COLUMN, column_name
 
 BUNDLE_ARTIFACT = "bundle"
 # What the pyfunc model's environment needs beyond MLflow: this package and its torch.
-PIP_REQUIREMENTS = ("gptst", "torch>=2.13,<3")
+PIP_REQUIREMENTS = ("gptst", "torch>=2.4,<2.15")
 OUTPUT_COLUMNS = ("timestamp", "node_id", "channel", "value", "missing_inputs")
 
 

@@ -20,8 +20,10 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import quote
+
+from typing_extensions import Unpack
 
 from gptst.params import Params
 from gptst.project import git_commit, repo_root
@@ -157,6 +159,17 @@ class RunSpec:
     dataset: dict[str, Any] | None = None  # a DatasetInput's fields
 
 
+class RunOptions(TypedDict, total=False):
+    """What a stage may say of its run beyond its name, params and data hash (see :func:`run_spec`);
+    every function that starts a run takes these as keywords."""
+
+    device: str
+    sections: tuple[str, ...]
+    tags: Mapping[str, str] | None
+    run_name: str | None
+    dataset: DatasetInput | None
+
+
 def run_spec(
     stage: str,
     params: Params,
@@ -209,31 +222,11 @@ def _log_dataset(dataset: DatasetInput) -> None:
 
 
 @contextlib.contextmanager
-def stage_run(
-    stage: str,
-    params: Params,
-    *,
-    dataset_sha256: str,
-    device: str = "cpu",
-    sections: tuple[str, ...] = (),
-    tags: Mapping[str, str] | None = None,
-    run_name: str | None = None,
-    dataset: DatasetInput | None = None,
-) -> Iterator[Any]:
+def stage_run(stage: str, params: Params, *, dataset_sha256: str, **options: Unpack[RunOptions]) -> Iterator[Any]:
     """Start an MLflow run in this process for one stage execution with the standard tags and the
     params of ``sections`` logged; yields the active run. A failing stage ends its run as FAILED.
     (The training stages log through :mod:`gptst.tracking.sidecar` instead.)"""
-    spec = run_spec(
-        stage,
-        params,
-        dataset_sha256=dataset_sha256,
-        device=device,
-        sections=sections,
-        tags=tags,
-        run_name=run_name,
-        dataset=dataset,
-    )
-    with open_run(spec) as run:
+    with open_run(run_spec(stage, params, dataset_sha256=dataset_sha256, **options)) as run:
         yield run
 
 
@@ -242,28 +235,15 @@ def log_stage_run(
     params: Params,
     *,
     dataset_sha256: str,
-    device: str = "cpu",
-    sections: tuple[str, ...] = (),
-    tags: Mapping[str, str] | None = None,
     metrics: Mapping[str, float] | None = None,
     artifacts: Sequence[str | Path] = (),
     artifact_path: str | None = None,
-    run_name: str | None = None,
-    dataset: DatasetInput | None = None,
+    **options: Unpack[RunOptions],
 ) -> str:
     """Log a finished stage in one call (metrics, artifact files under ``artifact_path``); returns the run id."""
     import mlflow
 
-    with stage_run(
-        stage,
-        params,
-        dataset_sha256=dataset_sha256,
-        device=device,
-        sections=sections,
-        tags=tags,
-        run_name=run_name,
-        dataset=dataset,
-    ) as run:
+    with stage_run(stage, params, dataset_sha256=dataset_sha256, **options) as run:
         if metrics:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         for path in artifacts:

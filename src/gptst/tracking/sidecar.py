@@ -26,8 +26,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from typing_extensions import Unpack
+
 from gptst.params import Params
-from gptst.tracking import DatasetInput, RunSpec, run_spec
+from gptst.tracking import RunOptions, RunSpec, run_spec
 from gptst.tracking.registry import output_lineage_tags
 
 # Seconds the stage waits for the helper to finish its queue and exit after the run ended.
@@ -122,32 +124,14 @@ class TrackingSidecar:
 
     @contextlib.contextmanager
     def run(
-        self,
-        stage: str,
-        params: Params,
-        *,
-        dataset_sha256: str,
-        device: str = "cpu",
-        sections: tuple[str, ...] = (),
-        tags: Mapping[str, str] | None = None,
-        run_name: str | None = None,
-        dataset: DatasetInput | None = None,
+        self, stage: str, params: Params, *, dataset_sha256: str, **options: Unpack[RunOptions]
     ) -> Iterator[SidecarRun]:
-        """One MLflow run of ``stage`` (:func:`gptst.tracking.run_spec`: named ``run_name``, the
-        standard tags plus ``tags``, the params of ``sections``, ``dataset`` as its input).
+        """One MLflow run of ``stage`` (:func:`gptst.tracking.run_spec` says what the options are).
         It ends FINISHED, or FAILED when the block raises; tracking errors surface at the end."""
         # The run's source is the stage's script, not the helper MLflow runs in.
         source = {"mlflow.source.name": str(Path(sys.argv[0]).resolve()), "mlflow.source.type": "LOCAL"}
-        spec = run_spec(
-            stage,
-            params,
-            dataset_sha256=dataset_sha256,
-            device=device,
-            sections=sections,
-            tags={**source, **(tags or {})},
-            run_name=run_name,
-            dataset=dataset,
-        )
+        options["tags"] = {**source, **(options.get("tags") or {})}
+        spec = run_spec(stage, params, dataset_sha256=dataset_sha256, **options)
         run = SidecarRun(self, spec, params)
         self.send("start", spec=spec.__dict__)
         try:

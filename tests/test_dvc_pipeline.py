@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import yaml
 
 from gptst.layout import VARIANTS
 
+from .browser import CHROMIUM, Browser
 from .pipeline_clone import Clone, make_clone
 from .processes import free_port, stop_process_group, wait_until
 
@@ -301,32 +300,6 @@ def test_the_nyc_bike_grid_runs_by_editing_params_only(clone: Clone):
 
 
 # ------------------------------------------------------------------ the MLflow UI in a browser
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# Flags of a headless Chromium on a machine without network: no background connections.
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--virtual-time-budget=20000",
-)
-
-
-def rendered(url: str, out: Path, *, size: str = "1700,1000", screenshot: Path | None = None) -> list[str]:
-    """The text nodes of ``url`` as headless Chromium rendered it (scripts run, API calls answered)."""
-    assert CHROMIUM is not None
-    profile = out / f"profile-{len(list(out.iterdir()))}"
-    base = [CHROMIUM, *CHROMIUM_FLAGS, f"--window-size={size}", f"--user-data-dir={profile}"]
-    if screenshot is not None:
-        subprocess.run([*base, f"--screenshot={screenshot}", url], capture_output=True, timeout=120, check=True)
-    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
-    return [t.strip() for t in re.split(r"<[^>]+>", dom) if t.strip()]
-
-
 @pytest.fixture(scope="module")
 def mlflow_ui(clone: Clone, tmp_path_factory: pytest.TempPathFactory):
     """`make ui` over the pipeline runs' store with the week's params: the runs-view URL it printed;
@@ -372,53 +345,45 @@ def mlflow_ui(clone: Clone, tmp_path_factory: pytest.TempPathFactory):
         (clone.root / "params.yaml").write_text(nyc_params)
 
 
-def test_the_runs_page_in_a_browser_lists_every_baseline_and_variant_sorted_by_test_mae(mlflow_ui, clone: Clone):
+def test_the_runs_page_in_a_browser_compares_every_baseline_and_variant_by_test_mae(mlflow_ui, clone: Clone):
+    """The runs table as a person sees it after choosing the test_mae_avg column (the UI keeps that
+    choice in the browser's local storage): model-training view, every finetune and reference run
+    by name, with its test_mae_avg, best first."""
     url, out = mlflow_ui["url"], mlflow_ui["out"]
     assert url.startswith(f"http://127.0.0.1:{mlflow_ui['port']}/#/experiments/") and "test_mae_avg" in url
-    screenshot = out / "runs.png"
-    text = rendered(url, out, screenshot=screenshot)
-    assert screenshot.stat().st_size > 10_000
+    experiment = re.search(r"/experiments/(\d+)/", url).group(1)
+    with sqlite3.connect(clone.root / "mlruns.db") as db:
+        scored = db.execute(
+            "SELECT r.name, m.value FROM runs r JOIN latest_metrics m ON m.run_uuid = r.run_uuid "
+            "WHERE m.key = 'test_mae_avg' AND r.experiment_id = ?",
+            (experiment,),
+        ).fetchall()
+    names = {name for name, _ in scored}
+    assert {f"{b}/{v}" for b in BASELINES for v in VARIANTS} | {"persistence/reference"} <= names
+    state = f"MLflowLocalStorage-1.1-ExperimentPage-{json.dumps([experiment])}-ReactComponentState"
+    with Browser(out / "profile") as browser:
+        browser.open(url)
+        browser.wait_for_text(lambda t: names <= set(t), 60, "the runs table")
+        browser.evaluate(
+            f"""(() => {{ const key = {json.dumps(state)};
+            const s = JSON.parse(localStorage.getItem(key) || '{{}}');
+            s.selectedColumns = [...(s.selectedColumns || []), 'metrics.`test_mae_avg`'];
+            localStorage.setItem(key, JSON.stringify(s));
+            localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false'); }})()"""
+        )
+        browser.reload()
+        values = {f"{v!r}" for _, v in scored}
+        text = browser.wait_for_text(lambda t: values <= set(t), 60, "the test_mae_avg column")
+        screenshot = browser.screenshot(out / "runs.png")
+    assert screenshot.stat().st_size > 10_000  # kept in the test's temp folder
     # The model-training view (Runs, Models), not the GenAI one (Overview, Sessions, Judges).
     assert "Runs" in text and "Models" in text and not {"Overview", "Sessions", "Judges"} & set(text)
-    for baseline in BASELINES:
-        for variant in VARIANTS:
-            assert f"{baseline}/{variant}" in text
-    assert "persistence/reference" in text and "Sort: test_mae_avg" in " ".join(text)
-    # Best test MAE first: the runs table lists the runs in the order of their test_mae_avg.
-    first = [r for r in clone.named_runs_after_first if r["experiment"] == "gptst-metr-la-week"]  # type: ignore[attr-defined]
-    shown = [t for t in text if t in {r["name"] for r in first if "/" in r["name"]}]
-    with sqlite3.connect(clone.root / "mlruns.db") as db:
-        best = dict(
-            db.execute(
-                "SELECT r.name, MIN(m.value) FROM runs r JOIN latest_metrics m ON m.run_uuid = r.run_uuid "
-                "JOIN experiments e ON e.experiment_id = r.experiment_id "
-                "WHERE m.key = 'test_mae_avg' AND e.name = 'gptst-metr-la-week' GROUP BY r.name"
-            )
-        )
-    assert shown[0] == min(best, key=best.get)
-
-
-def test_the_compared_runs_show_their_test_mae_in_a_browser(mlflow_ui, clone: Clone):
-    with sqlite3.connect(clone.root / "mlruns.db") as db:
-        runs = db.execute(
-            "SELECT r.run_uuid, r.name, r.experiment_id, m.value FROM runs r JOIN latest_metrics m "
-            "ON m.run_uuid = r.run_uuid AND m.key = 'test_mae_avg' JOIN tags t ON t.run_uuid = r.run_uuid "
-            "AND t.key = 'stage' AND t.value LIKE 'finetune%' ORDER BY r.start_time LIMIT ?",
-            (len(BASELINES) * len(VARIANTS),),
-        ).fetchall()
-    ids = json.dumps([r[0] for r in runs])
-    experiments = json.dumps(sorted({str(r[2]) for r in runs}))
-    base = f"http://127.0.0.1:{mlflow_ui['port']}/#/compare-runs"
-    query = urllib.parse.urlencode({"runs": ids, "experiments": experiments})
-    text = rendered(f"{base}?{query}", mlflow_ui["out"], size="1700,3000")
-    # The metrics table: one label per metric, then each metric's values run by run.
-    metrics = text[text.index("Metrics") :]
-    labels = [t for t in metrics if re.fullmatch(r"[a-z_0-9]+", t) and not t.replace("_", "").isdigit()]
-    values = [t for t in metrics if re.fullmatch(r"-?[0-9.e+-]+", t)]
-    row = labels.index("test_mae_avg")
-    shown = [float(v) for v in values[row * len(runs) : (row + 1) * len(runs)]]
-    assert [r[1] for r in runs] == [t for t in text if t in {r[1] for r in runs}][: len(runs)]  # header order
-    assert shown == pytest.approx([r[3] for r in runs], abs=5e-4)
+    assert "Sort: test_mae_avg" in " ".join(text) and "test_mae_avg" in text
+    rows = [t for t in text if t in names]  # the run names, row by row
+    shown = [float(t) for t in text if t in values]  # their test_mae_avg, row by row
+    assert len(rows) == len(shown) == len(scored)
+    assert shown == sorted(shown)  # best first
+    assert sorted(zip(rows, shown, strict=True)) == sorted(scored)
 
 
 # ------------------------------------------------------------------ forecasts served from the registry

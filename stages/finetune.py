@@ -132,6 +132,7 @@ def _finetune_item(args: argparse.Namespace, params: Params, tracking: TrackingS
     from gptst.models.baselines.registry import baseline_spec
     from gptst.models.encoded import INDEX
     from gptst.reporting import write_curves
+    from gptst.serving import BUNDLE_ARTIFACT, PIP_REQUIREMENTS, PYFUNC_CODE, signature_columns
     from gptst.training.baseline_config import baseline_config
     from gptst.training.finetune import DownstreamData, finetune
     from gptst.training.identity import run_identity
@@ -189,7 +190,15 @@ def _finetune_item(args: argparse.Namespace, params: Params, tracking: TrackingS
         write_curves(result.fit.history, args.reports / "curves.csv")
         run.log_metrics({"best_epoch": result.fit.best_epoch})
         # The bundle inside an MLflow pyfunc model: `mlflow models serve` and pyfunc.load_model use it.
-        run.log_forecaster(model_path, "model", series.node_ids, series.channels)
+        inputs, outputs = signature_columns(series.node_ids, series.channels)
+        run.log_pyfunc_model(
+            PYFUNC_CODE,
+            "model",
+            artifacts={BUNDLE_ARTIFACT: model_path},
+            inputs=inputs,
+            outputs=outputs,
+            pip_requirements=PIP_REQUIREMENTS,
+        )
         registered = run.register_output(
             model_name(name, dataset),
             model_path,

@@ -35,6 +35,8 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     "training": BOTTOM | {"data", "graph", "metrics", "models", "params"},
     "evaluation": BOTTOM | {"data", "metrics", "params"},
     "tracking": BOTTOM | {"params"},
+    # A forecaster as an MLflow pyfunc model: reads windows (data) and loads the bundle (models).
+    "serving": BOTTOM | {"data", "models"},
     "reporting": BOTTOM | {"params"},
     "stage": BOTTOM,
     "cli": BOTTOM
@@ -50,6 +52,7 @@ ALLOWED: Mapping[str, frozenset[str]] = {
         "reporting",
         "stage",
         "validation",
+        "serving",
     },
 }
 LIBRARY_COMPONENTS = frozenset(ALLOWED)

@@ -249,3 +249,37 @@ def log_stage_run(
         for path in artifacts:
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
     return run.info.run_id
+
+
+def log_pyfunc_model(
+    code: str | Path,
+    artifact_path: str,
+    *,
+    artifacts: Mapping[str, str | Path],
+    inputs: Sequence[tuple[str, str]],
+    outputs: Sequence[tuple[str, str]],
+    pip_requirements: Sequence[str],
+) -> None:
+    """Log an MLflow pyfunc model built from ``code`` ("models from code": nothing pickled) with
+    ``artifacts`` and the signature of column specs ``inputs`` / ``outputs`` ((MLflow type, name)
+    pairs) under ``artifact_path`` of the active run."""
+    import tempfile
+
+    import mlflow
+    import mlflow.pyfunc
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    def schema(columns: Sequence[tuple[str, str]]) -> Schema:
+        return Schema([ColSpec(kind, name) for kind, name in columns])
+
+    with tempfile.TemporaryDirectory(prefix="gptst-pyfunc-") as tmp:
+        folder = Path(tmp) / artifact_path
+        mlflow.pyfunc.save_model(
+            path=str(folder),
+            python_model=str(code),
+            artifacts={k: str(v) for k, v in artifacts.items()},
+            signature=ModelSignature(inputs=schema(inputs), outputs=schema(outputs)),
+            pip_requirements=list(pip_requirements),
+        )
+        mlflow.log_artifacts(str(folder), artifact_path=artifact_path)

@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -192,15 +192,25 @@ class SidecarRun:
         """Copy a file into the run's artifacts; the file must not change until the run ends."""
         self._sidecar.send("log_artifact", path=str(Path(path).resolve()), artifact_path=artifact_path)
 
-    def log_forecaster(self, bundle: str | Path, artifact_path: str, node_ids: list[str], channels: list[str]) -> None:
-        """Log the forecaster bundle file as an MLflow pyfunc model (:mod:`gptst.serving`) under
-        ``artifact_path``; the file must not change until the run ends."""
+    def log_pyfunc_model(
+        self,
+        code: str | Path,
+        artifact_path: str,
+        *,
+        artifacts: Mapping[str, str | Path],
+        inputs: Sequence[tuple[str, str]],
+        outputs: Sequence[tuple[str, str]],
+        pip_requirements: Sequence[str],
+    ) -> None:
+        """:func:`gptst.tracking.log_pyfunc_model` in the helper; the files must not change until the run ends."""
         self._sidecar.send(
-            "log_forecaster",
-            bundle=str(Path(bundle).resolve()),
+            "log_pyfunc_model",
+            code=str(Path(code).resolve()),
             artifact_path=artifact_path,
-            node_ids=list(node_ids),
-            channels=list(channels),
+            artifacts={k: str(Path(v).resolve()) for k, v in artifacts.items()},
+            inputs=[list(c) for c in inputs],
+            outputs=[list(c) for c in outputs],
+            pip_requirements=list(pip_requirements),
         )
 
     def register_output(
@@ -291,10 +301,10 @@ class _Helper:
 
         return find_version(name, dvc_md5)
 
-    def log_forecaster(self, bundle: str, artifact_path: str, node_ids: list[str], channels: list[str]) -> None:
-        from gptst.serving import log_pyfunc_forecaster
+    def log_pyfunc_model(self, code: str, artifact_path: str, **spec: Any) -> None:
+        from gptst.tracking import log_pyfunc_model
 
-        log_pyfunc_forecaster(bundle, artifact_path, node_ids, channels)
+        log_pyfunc_model(code, artifact_path, **spec)
 
     def register(self, name: str, path: str, artifact_dir: str, tags: dict[str, str], source: str | None = None) -> str:
         from gptst.tracking.registry import register_run_output

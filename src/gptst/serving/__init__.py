@@ -17,20 +17,28 @@ value (``meta["null_value"]``) for the missing-input counts; NaN always counts a
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from mlflow.pyfunc import PythonModel
 
 from gptst.data.series import TIMESTAMP_COLUMN, column_name
 
 BUNDLE_ARTIFACT = "bundle"
+# The code MLflow runs to build the model ("models from code": nothing is unpickled at load time).
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 # What the pyfunc model's environment needs beyond MLflow: this package and its torch.
 PIP_REQUIREMENTS = ("gptst", "torch>=2.4,<2.15")
-OUTPUT_COLUMNS = ("timestamp", "node_id", "channel", "value", "missing_inputs")
+ColumnSpec = tuple[str, str]  # (MLflow column type, name)
+OUTPUT_SPEC: tuple[ColumnSpec, ...] = (
+    ("datetime", "timestamp"),
+    ("string", "node_id"),
+    ("string", "channel"),
+    ("double", "value"),
+    ("long", "missing_inputs"),
+)
+OUTPUT_COLUMNS = tuple(name for _, name in OUTPUT_SPEC)
 
 
 def serving_error(message: str) -> Exception:
@@ -41,64 +49,11 @@ def serving_error(message: str) -> Exception:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def forecaster_signature(node_ids: Sequence[str], channels: Sequence[str]) -> Any:
-    """The model signature: the window's columns in, the long forecast out."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
-
-    inputs: list[ColSpec | TensorSpec] = [ColSpec("datetime", TIMESTAMP_COLUMN)]
-    inputs += [ColSpec("double", column_name(n, c), required=True) for n in node_ids for c in channels]
-    outputs = Schema(
-        [
-            ColSpec("datetime", "timestamp"),
-            ColSpec("string", "node_id"),
-            ColSpec("string", "channel"),
-            ColSpec("double", "value"),
-            ColSpec("long", "missing_inputs"),
-        ]
-    )
-    return ModelSignature(inputs=Schema(inputs), outputs=outputs)
-
-
-def save_pyfunc_forecaster(
-    bundle: str | Path, out: str | Path, node_ids: Sequence[str], channels: Sequence[str]
-) -> Path:
-    """Write the MLflow pyfunc model of the forecaster bundle file ``bundle`` into the new folder ``out``."""
-    import mlflow.pyfunc
-
-    mlflow.pyfunc.save_model(
-        path=str(out),
-        # Models from code: the model is built by running gptst/pyfunc_model.py, not unpickled.
-        python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-        artifacts={BUNDLE_ARTIFACT: str(bundle)},
-        signature=forecaster_signature(node_ids, channels),
-        pip_requirements=list(PIP_REQUIREMENTS),
-    )
-    return Path(out)
-
-
-def log_pyfunc_forecaster(
-    bundle: str | Path, artifact_path: str, node_ids: Sequence[str], channels: Sequence[str]
-) -> None:
-    """Log the pyfunc model of ``bundle`` under ``artifact_path`` of the active run."""
-    import mlflow
-
-    with tempfile.TemporaryDirectory(prefix="gptst-pyfunc-") as tmp:
-        folder = save_pyfunc_forecaster(bundle, Path(tmp) / artifact_path, node_ids, channels)
-        mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
-
-
-class ForecasterPyfunc(PythonModel):
-    """The pyfunc wrapper of a forecaster bundle (see the module docstring)."""
-
-    def load_context(self, context: Any) -> None:
-        from gptst.models.forecaster_bundle import load_forecaster
-
-        self.bundle = load_forecaster(context.artifacts[BUNDLE_ARTIFACT], "cpu")
-
-    # No type hints: MLflow would read them as a schema; the signature is the model's.
-    def predict(self, context, model_input, params=None):
-        return forecast_frame(self.bundle, model_input)
+def signature_columns(node_ids: Sequence[str], channels: Sequence[str]) -> tuple[list[ColumnSpec], list[ColumnSpec]]:
+    """The model signature as (MLflow type, column name) pairs: the window's columns in, the long
+    forecast out (plain values, so that a process without MLflow loaded can pass them on)."""
+    inputs = [("datetime", TIMESTAMP_COLUMN)] + [("double", column_name(n, c)) for n in node_ids for c in channels]
+    return inputs, list(OUTPUT_SPEC)
 
 
 def forecast_frame(bundle: Any, frame: pd.DataFrame) -> pd.DataFrame:

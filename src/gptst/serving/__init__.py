@@ -9,7 +9,7 @@ step, node and channel with ``timestamp``, ``node_id``, ``channel``, ``value`` (
 ``missing_inputs``, the count of missing readings of that node and channel in the window.
 
 Input with other node ids or channels, another frequency, irregular or too few steps is refused
-with a :class:`ServingInputError` (an MLflow ``INVALID_PARAMETER_VALUE``: HTTP 400 from the
+with an MLflow ``INVALID_PARAMETER_VALUE`` error (:func:`serving_error`: HTTP 400 from the
 scoring server) naming what differs. Torch and the model are imported when the model is loaded,
 so logging one costs the tracking helper no torch import. The bundle records the dataset's null
 value (``meta["null_value"]``) for the missing-input counts; NaN always counts as missing.

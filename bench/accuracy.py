@@ -62,6 +62,8 @@ class Protocol:
     adds a ``gptst@<name>`` item per baseline, finetuned on that configuration's encoder.
     ``robustness`` scores the full configuration's ``variants`` again with ``shares`` of the test
     inputs missing. ``locations`` gives, per dataset, the CSV of sensor coordinates of the cluster map.
+    ``pretrain_seed``: one pre-training (with that seed) per dataset and configuration serves every
+    finetune seed; None pre-trains once per seed.
     """
 
     study: str
@@ -78,6 +80,7 @@ class Protocol:
     robustness_shares: list[float] = dataclasses.field(default_factory=list)
     robustness_variants: list[str] = dataclasses.field(default_factory=list)
     locations: dict[str, str] = dataclasses.field(default_factory=dict)
+    pretrain_seed: int | None = None
 
     @classmethod
     def read(cls, path: Path, quick: bool) -> Protocol:
@@ -104,6 +107,7 @@ class Protocol:
             robustness_shares=[float(s) for s in robustness.get("shares", [])],
             robustness_variants=list(robustness.get("variants", [])),
             locations={str(k): str(v) for k, v in (raw.get("locations") or {}).items()},
+            pretrain_seed=None if raw.get("pretrain_seed") is None else int(raw["pretrain_seed"]),
         )
 
     def params(self, dataset: str, seed: int, params_file: Path, config: str = "") -> Params:
@@ -114,6 +118,10 @@ class Protocol:
             params_file,
             {"preset": self.preset, **self.overrides, **self.datasets[dataset], **ablation, "seed": seed},
         )
+
+    def encoder_seed(self, seed: int) -> int:
+        """The pre-training seed whose encoder the finetunes of ``seed`` use."""
+        return seed if self.pretrain_seed is None else self.pretrain_seed
 
     def configs(self) -> list[str]:
         """The pre-training configurations: "" (the full one), then each ablation."""
@@ -156,6 +164,20 @@ class Study:
 
     def pretrain_path(self, dataset: str, seed: int, config: str) -> Path:
         return self.store / dataset / "pretrain" / (f"seed{seed}@{config}.json" if config else f"seed{seed}.json")
+
+    def stored(self, path: Path) -> bool:
+        """Whether ``path`` holds a result of this iteration of the protocol. A result of another
+        iteration stops the study: reusing it would mix protocols in one table."""
+        if not path.is_file():
+            return False
+        found = json.loads(path.read_text()).get("study_iteration")
+        if found != self.protocol.iteration:
+            raise SystemExit(
+                f"{path}: study_iteration is {found}, the protocol's is {self.protocol.iteration}; "
+                f"move the results of iteration {found} out of {self.store} "
+                f"(e.g. to {self.store.name}-iteration{found})"
+            )
+        return True
 
     def over_budget(self) -> bool:
         return time.monotonic() - self.started > self.protocol.budget_minutes * 60
@@ -216,7 +238,7 @@ def _references(study: Study, dataset: str, params: Params, series: SeriesData, 
     from gptst.data.windows import make_splits
 
     paths = {name: study.result_path(dataset, name, "reference", 0) for name in REFERENCE_FORECASTS}
-    if all(p.is_file() for p in paths.values()):
+    if all(study.stored(p) for p in paths.values()):
         return
     splits = make_splits(len(series.values), params.dataset.split, params.windows)
     t_in, t_out = params.windows.t_in, params.windows.t_out
@@ -261,7 +283,7 @@ def _pretrained(study: Study, dataset: str, seed: int, config: str, series: Seri
 
     folder = study.work / dataset / f"seed{seed}" / (config or FULL)
     encoder_path, doc_path = folder / "encoder.pt", study.pretrain_path(dataset, seed, config)
-    if encoder_path.is_file() and doc_path.is_file():
+    if encoder_path.is_file() and study.stored(doc_path):
         return encoder_path
     if study.over_budget():
         return None
@@ -273,6 +295,7 @@ def _pretrained(study: Study, dataset: str, seed: int, config: str, series: Seri
     doc: dict[str, Any] = {
         **result.metrics(params),
         "config": config or FULL,
+        "study_iteration": study.protocol.iteration,
         "seconds": time.perf_counter() - started,
         "uptime": uptime(),
     }
@@ -306,12 +329,12 @@ def run_seed(study: Study, dataset: str, seed: int, *, stop_after: int | None, l
 
     protocol = study.protocol
     for config in protocol.configs():
-        todo = [(b, v) for b, v in protocol.items(config) if not study.result_path(dataset, b, v, seed).is_file()]
+        todo = [(b, v) for b, v in protocol.items(config) if not study.stored(study.result_path(dataset, b, v, seed))]
         if not todo:
             continue
         params = protocol.params(dataset, seed, study.params_file, config)
         series, graph = study.data(dataset, params)
-        encoder_path = _pretrained(study, dataset, seed, config, series, device)
+        encoder_path = _pretrained(study, dataset, protocol.encoder_seed(seed), config, series, device)
         if encoder_path is None:
             return False
         folder = encoder_path.parent
@@ -333,7 +356,7 @@ def run_seed(study: Study, dataset: str, seed: int, *, stop_after: int | None, l
                 variant,
                 encoder_bundle=bundle,
                 cache=cache,
-                state_dir=folder / "finetune_state" / baseline / variant,
+                state_dir=folder / "finetune_state" / f"seed{seed}" / baseline / variant,
                 device=device,
             )
             doc = {

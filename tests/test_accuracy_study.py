@@ -168,3 +168,26 @@ def test_the_cluster_map_places_each_sensor_at_its_own_coordinates_by_id(tmp_pat
     locations.write_text("sensor_id,lat,lon\n773869,34.3,-118.3\n")
     with pytest.raises(ValueError, match=r"locations.csv: no column latitude, longitude"):
         study.cluster_map_points(clusters, None, locations)
+
+
+def test_one_pre_training_serves_every_seed_and_results_of_another_iteration_stop_the_study(tmp_path: Path, capsys):
+    """With ``pretrain_seed``, the finetune seeds vary and share one encoder: one pre-training
+    document, one result per seed, the seeds' finetunes differ. Results stored by another
+    iteration of the protocol are never mixed in: the study stops naming the file and both
+    iterations."""
+    study = _study_module()
+    path = tmp_path / "protocol.yaml"
+    path.write_text(yaml.safe_dump({**PROTOCOL, "seeds": [0, 1], "variants": ["gptst"], "pretrain_seed": 0}))
+    results = tmp_path / "results"
+    args = ["--protocol", str(path), "--results", str(results), "--work", str(tmp_path / "work"), "--no-mlflow"]
+    assert study.main(args) == 0
+    store = results / "accuracy" / "test" / "metr-la-week"
+    assert sorted(p.name for p in (store / "pretrain").iterdir()) == ["seed0.json"]
+    seeds = [json.loads((store / "tgcn" / "gptst" / f"seed{k}.json").read_text()) for k in (0, 1)]
+    assert seeds[0]["test"]["avg"]["mae"] != seeds[1]["test"]["avg"]["mae"]
+
+    path.write_text(yaml.safe_dump({**PROTOCOL, "study_iteration": 4, "seeds": [0, 1], "variants": ["gptst"]}))
+    with pytest.raises(SystemExit) as stop:
+        study.main(args)
+    message = str(stop.value)
+    assert "study_iteration is 3, the protocol's is 4" in message and str(store) in message

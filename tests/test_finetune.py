@@ -3,7 +3,6 @@ variants, the frozen encoder, de-normalised metrics, the forecaster bundle and t
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,11 +23,19 @@ from gptst.training.finetune import (
     predict_windows,
     score_forecaster,
 )
+from gptst.training.identity import module_digest
 
 from .baseline_checks import small_encoder_bundle, week_graph
 from .conftest import REPO_ROOT
 
 NODES = 20
+OVERRIDES = {
+    "preset": "tiny",
+    "finetune.common.epochs": 2,
+    "finetune.common.batch_size": 8,
+    "finetune.common.max_batches_per_epoch": 4,
+    "finetune.common.patience": 2,
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -42,16 +49,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def params():
-    return load_params(
-        REPO_ROOT / "params.yaml",
-        overrides={
-            "preset": "tiny",
-            "finetune.common.epochs": 2,
-            "finetune.common.batch_size": 8,
-            "finetune.common.max_batches_per_epoch": 4,
-            "finetune.common.patience": 2,
-        },
-    )
+    return load_params(REPO_ROOT / "params.yaml", overrides=OVERRIDES)
 
 
 @pytest.fixture(scope="module")
@@ -72,21 +70,13 @@ def encoder_file(params, data, series, tmp_path_factory) -> Path:
     return small_encoder_bundle(path, series, data.scaler, params.windows.t_in, seed=3, hidden=16, clusters=4)
 
 
-def _checksum(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def trained(params, data, encoder_file, tmp_path_factory):
     """tgcn in every variant, trained for 2 x 4 batches."""
     out = {}
     for variant in ("plain", "calendar", "gptst", "gptst_random"):
         bundle = load_encoder(encoder_file) if variant.startswith("gptst") else None
-        before = _checksum(bundle.model) if bundle is not None else None
+        before = module_digest(bundle.model) if bundle is not None else None
         result = finetune(
             params, data, "tgcn", variant, encoder_bundle=bundle, state_dir=tmp_path_factory.mktemp(variant)
         )
@@ -117,9 +107,9 @@ def test_the_enhanced_wrapper_never_changes_the_encoder_weights(trained):
         assert not any(p.requires_grad for p in encoder.parameters())
         assert not encoder.training
         if variant == "gptst":
-            assert _checksum(encoder) == before
+            assert module_digest(encoder) == before
         else:
-            assert _checksum(encoder) != before, "the capacity control must not reuse the pre-trained weights"
+            assert module_digest(encoder) != before, "the capacity control must not reuse the pre-trained weights"
 
 
 def test_the_random_encoder_is_untrained_but_the_same_shape(trained):
@@ -358,3 +348,27 @@ def test_a_killed_encode_leaves_no_temporary_folder_behind_the_next_run(data, en
         max_gb=1.0,
     )
     assert not stale.exists() and [p.name for p in tmp_path.iterdir()] == ["enc"]
+
+
+def test_a_library_run_resumes_only_its_own_checkpoint(params, data, series, encoder_file, tmp_path, capsys):
+    """Called without a stage's identity (a benchmark, a notebook), finetuning still never resumes
+    a checkpoint left by other params (here another learning-rate schedule) or another encoder:
+    it says why and starts afresh. The same call again resumes."""
+    state = tmp_path / "state"
+
+    def run(run_params, encoder_path):
+        finetune(run_params, data, "tgcn", "gptst", encoder_bundle=load_encoder(encoder_path), state_dir=state)
+        return capsys.readouterr().out
+
+    run(params, encoder_file)
+    assert "resuming after epoch 2" in run(params, encoder_file)
+    rescheduled = load_params(
+        REPO_ROOT / "params.yaml", overrides={**OVERRIDES, "finetune.common.lr_decay_epochs": [1]}
+    )
+    out = run(rescheduled, encoder_file)
+    assert "is not this run's (params differ" in out and "starting afresh" in out
+    other = small_encoder_bundle(
+        tmp_path / "other.pt", series, data.scaler, params.windows.t_in, seed=4, hidden=16, clusters=4
+    )
+    out = run(rescheduled, other)
+    assert "is not this run's (encoder differ" in out and "starting afresh" in out

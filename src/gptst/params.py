@@ -157,8 +157,24 @@ class WindowParams(_Section):
     t_out: int = Field(12, ge=1)
 
 
+class DerivedGraphParams(_Section):
+    """The graphs some baselines need beyond the road graph (:mod:`gptst.graph.derived`), built
+    from the training split only when a listed baseline needs them."""
+
+    dtw_band: int = Field(12, ge=0, description="DTW: Sakoe-Chiba half-width in steps (STFGNN's 12 at 5 minutes)")
+    dtw_neighbours: float = Field(
+        0.01, gt=0, le=1, description="dtw: share of nodes each node is linked to (STFGNN's 1%, at least 1)"
+    )
+    dtw_max_seconds: float = Field(600.0, gt=0, description="DTW: refuse, before starting, an estimate above this")
+    dtw_max_memory_mb: float = Field(2048.0, gt=0, description="DTW: refuse an estimated peak above this")
+    dtw_chunk_pairs: int = Field(65536, ge=1, description="DTW: node pairs computed at once")
+    correlation_min: float = Field(0.5, ge=-1, le=1, description="correlation: weaker correlations are dropped")
+    svd_rank: int = Field(20, ge=1, description="svd_embedding: singular vectors kept")
+    temporal_steps: int = Field(3, ge=2, description="st_local: steps of STSGCN's localised graph")
+
+
 class GraphParams(_Section):
-    """How the adjacency is built from ``dataset.graph``."""
+    """How the adjacency is built from ``dataset.graph``, and the derived graphs."""
 
     weighting: Literal["gaussian", "binary", "cost"] = Field(
         "gaussian", description="edge lists: DCRNN Gaussian kernel of the cost, 0/1 connectivity, or the cost itself"
@@ -169,6 +185,7 @@ class GraphParams(_Section):
         "auto", description="edge lists: from/to are 0-based node indices or sensor ids"
     )
     npz_key: str | None = Field(None, description="dense .npz: array key; null picks the only array or adj/adj_mx")
+    derived: DerivedGraphParams = Field(default_factory=DerivedGraphParams)
 
 
 class ValidationParams(_Section):

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gptst.errors import InputError
-from gptst.models.baselines.registry import BaselineConfig, baseline_spec, registered_baselines
+from gptst.models.baselines.registry import BaselineConfig, baseline_spec, check_applies, registered_baselines
 from gptst.params import Params
 
 # Written by the finetune_params stage; the DVC finetune items track keys of it (dvc.yaml).
@@ -73,6 +73,11 @@ def resolved_finetune_params(params: Params) -> dict[str, Any]:
     each listed baseline. The finetune_params stage writes it; each DVC item tracks its own keys."""
     configs = validate_baselines(params, params.finetune.baselines)
     validate_baselines(params)
+    for name in params.finetune.baselines:
+        try:
+            check_applies(name, params.dataset.kind)
+        except ValueError as err:
+            raise InputError(params.source_of("finetune.baselines"), "finetune.baselines", str(err)) from None
     return {
         "finetune": {"common": params.finetune.common.model_dump(mode="json")},
         "baselines": {name: config.model_dump(mode="json") for name, config in configs.items()},

@@ -35,6 +35,7 @@ from gptst.models.gptst.model import GPTST, build_model
 from gptst.params import FinetuneCommon, Params
 from gptst.timing import phase
 from gptst.training.baseline_config import baseline_config
+from gptst.training.identity import library_identity, module_digest
 from gptst.training.trainer import (
     Distributed,
     FitResult,
@@ -274,7 +275,7 @@ def finetune(
         checkpoint_dir=state_dir,
         device=device,
         val_fn=val_fn,
-        identity=identity,
+        identity=identity if identity is not None else _library_identity(params, baseline, variant, encoder, device),
         dist=Distributed(),
         log_fn=log_fn,
     )
@@ -287,6 +288,16 @@ def finetune(
     if local_cache is not None:
         local_cache.cleanup()
     return FinetuneResult(forecaster, fit, val, test, test_pred, np.asarray(splits.test.starts))
+
+
+def _library_identity(
+    params: Params, baseline: str, variant: str, encoder: GPTST | None, device: str
+) -> dict[str, str]:
+    # The frozen encoder is an input of the run: another pre-training gives another run.
+    parts = {"baseline": baseline, "variant": variant}
+    if encoder is not None:
+        parts["encoder"] = module_digest(encoder)
+    return library_identity(params, device, **parts)
 
 
 def cache_encoder(

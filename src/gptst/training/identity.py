@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from gptst.code_closure import code_digest
 from gptst.io import sha256_file
 from gptst.params import Params
@@ -57,3 +59,20 @@ def run_identity(
     identity["device"] = device.split(":")[0]  # the type: every DDP rank has the same identity
     identity |= dict(extra or {})
     return identity
+
+
+def module_digest(module: Any) -> str:
+    """sha256 of a module's state (names, shapes, dtypes and values), e.g. a frozen encoder's."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}\0".encode())
+        digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def library_identity(params: Params, device: str, **parts: str) -> dict[str, str]:
+    """The identity of a run started from the library without one (a benchmark, a notebook): the
+    whole resolved params, the device type and ``parts``, so a checkpoint left by a run with other
+    params (another schedule, another seed) is never resumed. Stages pass :func:`run_identity`."""
+    return {"params": params.digest(), "device": device.split(":")[0], **parts}

@@ -29,6 +29,7 @@ from gptst.models.gptst.model import GPTST, build_model
 from gptst.models.gptst.objective import PretrainObjective
 from gptst.params import GptstModelParams, Params, PretrainParams
 from gptst.timing import phase
+from gptst.training.identity import library_identity
 from gptst.training.trainer import Distributed, FitResult, ParamGroup, StepResult, Trainer, TrainerConfig, epoch_batches
 
 
@@ -267,7 +268,7 @@ def pretrain(
         device=device,
         val_fn=val_fn,
         stateful={"masker": masker},
-        identity=identity,
+        identity=identity if identity is not None else library_identity(params, device, stage="pretrain"),
         dist=dist,
         log_fn=log_fn,
     )

@@ -4,7 +4,8 @@ and registers both under its name, the module's name (``gptst/models/baselines/<
     class TgcnConfig(BaselineConfig):        # the GPT-ST configuration's values as defaults
         hidden: int = Field(100, ge=1)
 
-    @register_baseline("tgcn", TgcnConfig)   # graphs=("dtw",) for one that needs extra graphs
+    @register_baseline("tgcn", TgcnConfig)   # graphs=("dtw",) for one that needs derived graphs,
+                                             # kinds=("demand",) for one that applies to demand only
     class TGCN(nn.Module): ...
 
 Every baseline is built from ``(num_nodes, in_dim, out_dim, in_steps, out_steps, graph, params)``
@@ -54,13 +55,15 @@ class BaselineConfig(BaseModel):
 
 @dataclass(frozen=True)
 class BaselineSpec:
-    """A registered baseline: its module class, its config class and the extra graphs it needs
-    (keys of ``adjacency.npz`` beyond ``adj``, e.g. a DTW graph)."""
+    """A registered baseline: its module class, its config class, the derived graphs it needs
+    (keys of ``adjacency.npz`` beyond ``adj``, :mod:`gptst.graph.derived`) and the data kinds it
+    applies to (``gptst.data.kinds``: speed, flow, demand; empty: every kind)."""
 
     name: str
     cls: type[nn.Module]
     config_cls: type[BaselineConfig]
     graphs: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
 
     def config(self, values: Mapping[str, Any] | None = None) -> BaselineConfig:
         """The config class's defaults overlaid with ``values`` (pydantic's ValidationError if invalid)."""
@@ -71,7 +74,7 @@ _REGISTRY: dict[str, BaselineSpec] = {}
 
 
 def register_baseline(
-    name: str, config: type[BaselineConfig], *, graphs: Sequence[str] = ()
+    name: str, config: type[BaselineConfig], *, graphs: Sequence[str] = (), kinds: Sequence[str] = ()
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: register a baseline ``nn.Module`` under ``name`` with its config class.
 
@@ -88,7 +91,7 @@ def register_baseline(
         # the same class again (a module reloaded) replaces it; another class is a clash
         if old is not None and (old.cls.__module__, old.cls.__qualname__) != (cls.__module__, cls.__qualname__):
             raise ValueError(f"baseline {name!r} is registered twice ({old.cls.__module__}.{old.cls.__qualname__})")
-        _REGISTRY[name] = BaselineSpec(name, cls, config, tuple(graphs))
+        _REGISTRY[name] = BaselineSpec(name, cls, config, tuple(graphs), tuple(kinds))
         return cls
 
     return decorate
@@ -164,6 +167,21 @@ def build_baseline(
         graph=graph,
         params=params,
     )
+
+
+def check_applies(name: str, kind: str) -> None:
+    """Raise ValueError naming the baseline and the kind when baseline ``name`` does not apply to
+    data of ``kind`` (a demand-only model given speed readings)."""
+    kinds = baseline_spec(name).kinds
+    if kinds and kind not in kinds:
+        raise ValueError(
+            f"baseline {name!r} applies to {' or '.join(kinds)} data only; this dataset's kind is {kind!r}"
+        )
+
+
+def graphs_needed(names: Sequence[str]) -> list[str]:
+    """The derived graphs (``adjacency.npz`` keys beyond ``adj``) the baselines ``names`` need, sorted."""
+    return sorted({graph for name in names for graph in baseline_spec(name).graphs})
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -1,0 +1,352 @@
+"""Graphs some baselines need beyond the road graph, built by the adjacency stage from the
+adjacency and the *training split* of the series, and stored as extra keys of ``adjacency.npz``.
+
+Each graph is registered under its key with the function that builds it; a baseline names the
+keys it needs (``register_baseline(..., graphs=("dtw",))``) and the stage builds only those.
+
+| key | shape | used by | built from |
+|---|---|---|---|
+| ``st_local`` | [3N, 3N] | STSGCN | the road graph's connectivity over 3 steps |
+| ``dtw`` | [N, N] | STFGNN, STGODE | DTW distances of the nodes' daily profiles |
+| ``st_fusion`` | [4N, 4N] | STFGNN | the road graph, ``dtw`` and temporal links |
+| ``random_walk`` | [2, N, N] | MSDR | forward and backward transitions of the road graph |
+| ``correlation`` | [N, N] | ST-MGCN | Pearson correlation of the nodes' training histories |
+| ``similarity`` | [N, N] | DMVST-Net | ``exp(-DTW / mean DTW)`` of the daily profiles |
+| ``svd_embedding`` | [N, k] | CCRNN | the top-k singular vectors of the training history |
+
+DTW is the one graph whose cost grows fast (N^2 pairs x profile length x band): it is banded
+(Sakoe-Chiba, as the authors' code), vectorised over node pairs, and estimated before it runs;
+an estimate over the budget of ``graph.derived`` (:class:`gptst.params.DerivedGraphParams`) fails fast with the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from gptst.data.calendar import steps_per_day
+from gptst.data.series import SeriesData
+from gptst.graph.normalize import double_transition
+from gptst.params import DerivedGraphParams
+
+# Measured on the 2-core development machine (bench: ``python -m gptst.graph.derived``):
+# seconds per DTW cell update, vectorised over a chunk of pairs, with margin for slower CPUs.
+DTW_SECONDS_PER_CELL = 8e-9
+DTW_BYTES_PER_PAIR_CELL = 8 * 6  # float64 rows: previous, current, candidate, costs, two profiles
+
+
+class DerivedGraphInputs(NamedTuple):
+    """What a builder reads: the road graph [N, N], the training history [T, N, C] with NaN where
+    a reading is missing, and the steps per day of the series."""
+
+    adj: np.ndarray
+    train: np.ndarray
+    steps_per_day: int
+    params: DerivedGraphParams
+
+
+def derived_graph_inputs(
+    adj: np.ndarray, series: SeriesData, train_steps: range, params: DerivedGraphParams
+) -> DerivedGraphInputs:
+    """The inputs of the builders: ``series`` cut to ``train_steps`` (the training split; nothing
+    later is read), missing readings as NaN."""
+    window = slice(train_steps.start, train_steps.stop)
+    train = series.values[window].astype(np.float32, copy=True)
+    train[series.missing_mask()[window]] = np.nan
+    return DerivedGraphInputs(np.asarray(adj), train, steps_per_day(series.freq), params)
+
+
+class DerivedGraphBudgetError(ValueError):
+    """A derived graph would exceed its time or memory budget (the message has the numbers)."""
+
+
+Builder = Callable[[DerivedGraphInputs, dict[str, np.ndarray]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class DerivedGraph:
+    key: str
+    build: Builder
+    needs: tuple[str, ...] = ()  # other derived graphs built first (st_fusion needs dtw)
+
+
+DERIVED_GRAPHS: dict[str, DerivedGraph] = {}
+
+
+def _register(key: str, needs: tuple[str, ...] = ()) -> Callable[[Builder], Builder]:
+    def decorate(fn: Builder) -> Builder:
+        DERIVED_GRAPHS[key] = DerivedGraph(key, fn, needs)
+        return fn
+
+    return decorate
+
+
+# ------------------------------------------------------------------------------ pure builders
+def connectivity(adj: np.ndarray) -> np.ndarray:
+    """0/1 links of the road graph, made symmetric, without self-loops (STSGCN's and STFGNN's ``A``)."""
+    a = np.asarray(adj) != 0
+    a = a | a.T
+    np.fill_diagonal(a, False)
+    return a.astype(np.float32)
+
+
+def localised_st_graph(adj: np.ndarray, steps: int = 3) -> np.ndarray:
+    """STSGCN's localised spatio-temporal graph [steps N, steps N]: the road graph in every
+    diagonal block, each node linked to itself at the neighbouring steps, and self-loops."""
+    a = connectivity(adj)
+    n = a.shape[0]
+    out = np.kron(np.eye(steps, dtype=np.float32), a)
+    # node i at step k <-> node i at step k+1: identity on the first off-diagonal blocks
+    out += np.kron(np.eye(steps, k=1, dtype=np.float32) + np.eye(steps, k=-1, dtype=np.float32), np.eye(n))
+    np.fill_diagonal(out, 1.0)
+    return out.astype(np.float32)
+
+
+def fusion_graph(adj: np.ndarray, dtw: np.ndarray, steps: int = 4) -> np.ndarray:
+    """STFGNN's spatial-temporal fusion graph [4N, 4N]: blocks of the DTW graph (first and last
+    step) and the road graph (middle steps) on the diagonal, temporal links of each node to
+    itself at the next step, the DTW graph between the first step and every later one, and
+    self-loops (the authors' ``construct_adj_fusion``)."""
+    if steps != 4:
+        raise ValueError(f"the fusion graph has 4 steps (STFGNN), got {steps}")
+    a, d = connectivity(adj), connectivity(dtw)
+    n = a.shape[0]
+    out = np.zeros((steps * n, steps * n), dtype=np.float32)
+
+    def block(i: int, j: int) -> tuple[slice, slice]:
+        return slice(i * n, (i + 1) * n), slice(j * n, (j + 1) * n)
+
+    for k in range(steps):
+        out[block(k, k)] = a if k in (1, 2) else d
+    eye = np.eye(n, dtype=np.float32)
+    for k in range(steps - 1):
+        out[block(k, k + 1)] = np.maximum(out[block(k, k + 1)], eye)
+        out[block(k + 1, k)] = np.maximum(out[block(k + 1, k)], eye)
+    for k in range(1, steps):
+        # the first step's DTW neighbours at every later step (and back)
+        out[block(0, k)] = np.maximum(out[block(0, k)], d)
+        out[block(k, 0)] = np.maximum(out[block(k, 0)], d)
+    np.fill_diagonal(out, 1.0)
+    return out
+
+
+def daily_profiles(train: np.ndarray, steps_per_day: int) -> np.ndarray:
+    """Each node's mean day [steps_per_day, N] over the whole days of ``train`` (channel 0, as the
+    authors use the flow channel; missing readings, NaN, left out; a slot never observed takes the
+    node's mean)."""
+    days = train.shape[0] // steps_per_day
+    if days < 1:
+        raise ValueError(f"the training split has {train.shape[0]} steps, less than one day ({steps_per_day})")
+    series = train[: days * steps_per_day, :, 0].astype(np.float64)
+    per_day = series.reshape(days, steps_per_day, -1)
+    with np.errstate(invalid="ignore"):
+        observed = ~np.isnan(per_day)
+        profile = np.where(observed, per_day, 0.0).sum(axis=0) / np.maximum(observed.sum(axis=0), 1)
+        node_mean = np.nanmean(series, axis=0)
+    profile = np.where(observed.any(axis=0), profile, np.nan_to_num(node_mean)[None, :])
+    return profile
+
+
+class DtwCost(NamedTuple):
+    pairs: int
+    cells: int
+    seconds: float
+    memory_mb: float
+
+    def describe(self) -> str:
+        return (
+            f"{self.pairs:,} node pairs x {self.cells // max(self.pairs, 1):,} cells each: about "
+            f"{self.seconds:,.0f} s and {self.memory_mb:,.0f} MB"
+        )
+
+
+def dtw_cost(nodes: int, length: int, band: int, chunk_pairs: int) -> DtwCost:
+    """The estimated cost of :func:`dtw_distances` for ``nodes`` profiles of ``length`` steps."""
+    pairs = nodes * (nodes - 1) // 2
+    width = min(2 * band + 1, 2 * length - 1)
+    cells = pairs * length * width
+    chunk = min(chunk_pairs, max(pairs, 1))
+    memory = chunk * (2 * length + 4 * width) * 8 + nodes * nodes * 8
+    return DtwCost(pairs, cells, cells * DTW_SECONDS_PER_CELL, memory / 2**20)
+
+
+def _banded_dtw(a: np.ndarray, b: np.ndarray, band: int) -> np.ndarray:
+    """DTW distances (absolute-difference cost) between the columns of ``a`` and ``b`` [L, P], with
+    the warping path kept within ``band`` steps of the diagonal; vectorised over the P pairs.
+
+    Rows of the band are indexed by offset (column j = i + offset - band), offset-major so that
+    each step of the within-row scan reads one contiguous [P] vector."""
+    length, pairs = a.shape
+    width = 2 * band + 1
+    inf = np.inf
+    prev = np.full((width, pairs), inf)
+    cost = np.empty((width, pairs))
+    for i in range(length):
+        lo, hi = max(0, band - i), min(width, length - i + band)  # offsets with 0 <= j < L
+        cost.fill(inf)
+        np.abs(a[i][None, :] - b[i + lo - band : i + hi - band], out=cost[lo:hi])
+        if i == 0:
+            cur = np.full((width, pairs), inf)
+            cur[band] = cost[band]  # (0, 0); the rest of row 0 only by horizontal moves
+        else:
+            # (i-1, j-1) is the same offset in the previous row, (i-1, j) the next one
+            cur = np.minimum(prev, np.concatenate([prev[1:], np.full((1, pairs), inf)]))
+            cur += cost
+        for k in range(max(lo, 1), hi):  # (i, j-1): the same row, one offset left
+            np.minimum(cur[k], cost[k] + cur[k - 1], out=cur[k])
+        prev = cur
+    return prev[band]  # (L-1, L-1)
+
+
+def dtw_distances(
+    profiles: np.ndarray,
+    band: int,
+    *,
+    chunk_pairs: int = 65536,
+    max_seconds: float = math.inf,
+    max_memory_mb: float = math.inf,
+) -> np.ndarray:
+    """Symmetric [N, N] banded DTW distances between the columns of ``profiles`` [L, N]; raises
+    :class:`DerivedGraphBudgetError` with the estimate when it exceeds a budget, before any work."""
+    length, nodes = profiles.shape
+    band = max(0, min(band, length - 1))
+    cost = dtw_cost(nodes, length, band, chunk_pairs)
+    if cost.seconds > max_seconds or cost.memory_mb > max_memory_mb:
+        raise DerivedGraphBudgetError(
+            f"DTW graph for {nodes:,} nodes (profiles of {length} steps, band {band}): {cost.describe()}, "
+            f"over the budget of {max_seconds:,.0f} s and {max_memory_mb:,.0f} MB "
+            "(graph.derived.dtw_max_seconds / dtw_max_memory_mb; a smaller dtw_band costs less)"
+        )
+    rows, cols = np.triu_indices(nodes, k=1)
+    out = np.zeros((nodes, nodes))
+    values = np.asarray(profiles, dtype=np.float64)
+    for start in range(0, len(rows), chunk_pairs):
+        r, c = rows[start : start + chunk_pairs], cols[start : start + chunk_pairs]
+        out[r, c] = _banded_dtw(values[:, r], values[:, c], band)
+    return out + out.T
+
+
+def nearest_neighbour_graph(distances: np.ndarray, share: float) -> np.ndarray:
+    """0/1 graph linking each node to its ``ceil(share N)`` nearest others (at least 1), made
+    symmetric (STFGNN's sparsification of the DTW matrix)."""
+    n = distances.shape[0]
+    k = max(1, math.ceil(share * n))
+    d = distances.astype(np.float64, copy=True)
+    np.fill_diagonal(d, np.inf)
+    nearest = np.argsort(d, axis=1, kind="stable")[:, :k]
+    out = np.zeros((n, n), dtype=np.float32)
+    out[np.repeat(np.arange(n), k), nearest.ravel()] = 1.0
+    return np.maximum(out, out.T)
+
+
+def correlation_graph(train: np.ndarray, minimum: float) -> np.ndarray:
+    """Pearson correlations [N, N] of the nodes' training histories (all channels, readings missing
+    at either node left out of that pair's sums), below ``minimum`` set to 0, diagonal 1."""
+    x = np.moveaxis(train.astype(np.float64), 1, 0).reshape(train.shape[1], -1)  # [N, T*C]
+    observed = ~np.isnan(x)
+    x0 = np.where(observed, x, 0.0)
+    m = observed.astype(np.float64)
+    count = m @ m.T
+    sx = x0 @ m.T  # sum of x_i over steps where both are observed
+    sxx = (x0 * x0) @ m.T
+    sxy = x0 @ x0.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = sxy - sx * sx.T / count
+        var_i = sxx - sx * sx / count
+        corr = cov / np.sqrt(var_i * var_i.T)
+    corr = np.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0)
+    corr[corr < minimum] = 0.0
+    np.fill_diagonal(corr, 1.0)
+    return corr.astype(np.float32)
+
+
+def svd_embedding(train: np.ndarray, rank: int) -> np.ndarray:
+    """CCRNN's graph initialisation: the training history as a node-by-time matrix (missing
+    readings at the node's mean), centred, and its top ``rank`` left singular vectors scaled by
+    the square roots of their singular values [N, rank]."""
+    x = np.moveaxis(train.astype(np.float64), 1, 0).reshape(train.shape[1], -1)
+    mean = np.nan_to_num(np.nanmean(x, axis=1, keepdims=True)) if np.isnan(x).any() else x.mean(1, keepdims=True)
+    x = np.where(np.isnan(x), mean, x) - mean
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    rank = min(rank, len(s))
+    return (u[:, :rank] * np.sqrt(s[:rank])).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------- registered
+def _profile_distances(inputs: DerivedGraphInputs, built: dict[str, np.ndarray]) -> np.ndarray:
+    # dtw and similarity read the same distances: computed once per build
+    if "_dtw_distances" not in built:
+        p = inputs.params
+        built["_dtw_distances"] = dtw_distances(
+            daily_profiles(inputs.train, inputs.steps_per_day),
+            p.dtw_band,
+            chunk_pairs=p.dtw_chunk_pairs,
+            max_seconds=p.dtw_max_seconds,
+            max_memory_mb=p.dtw_max_memory_mb,
+        )
+    return built["_dtw_distances"]
+
+
+@_register("st_local")
+def _st_local(inputs: DerivedGraphInputs, built: dict[str, np.ndarray]) -> np.ndarray:
+    return localised_st_graph(inputs.adj, inputs.params.temporal_steps)
+
+
+@_register("dtw")
+def _dtw(inputs: DerivedGraphInputs, built: dict[str, np.ndarray]) -> np.ndarray:
+    return nearest_neighbour_graph(_profile_distances(inputs, built), inputs.params.dtw_neighbours)
+
+
+@_register("st_fusion", needs=("dtw",))
+def _st_fusion(inputs: DerivedGraphInputs, built: dict[str, np.ndarray]) -> np.ndarray:
+    return fusion_graph(inputs.adj, built["dtw"])
+
+
+@_register("random_walk")
+def _random_walk(inputs: DerivedGraphInputs, built: dict[str, np.ndarray]) -> np.ndarray:
+    return np.stack(double_transition(inputs.adj))
+
+
+@_register("correlation")
+def _correlation(inputs: DerivedGraphInputs, built: dict[str, np.ndarray]) -> np.ndarray:
+    return correlation_graph(inputs.train, inputs.params.correlation_min)
+
+
+@_register("similarity")
+def _similarity(inputs: DerivedGraphInputs, built: dict[str, np.ndarray]) -> np.ndarray:
+    d = _profile_distances(inputs, built)
+    scale = d[~np.eye(len(d), dtype=bool)].mean() if len(d) > 1 else 1.0
+    return np.exp(-d / max(scale, 1e-12)).astype(np.float32)
+
+
+@_register("svd_embedding")
+def _svd(inputs: DerivedGraphInputs, built: dict[str, np.ndarray]) -> np.ndarray:
+    return svd_embedding(inputs.train, inputs.params.svd_rank)
+
+
+def build_derived_graphs(keys: list[str], inputs: DerivedGraphInputs) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The derived graphs ``keys`` (and those they need), with the seconds each took."""
+    unknown = sorted(set(keys) - set(DERIVED_GRAPHS))
+    if unknown:
+        raise KeyError(f"unknown derived graphs {unknown}; known: {sorted(DERIVED_GRAPHS)}")
+    built: dict[str, np.ndarray] = {}
+    seconds: dict[str, float] = {}
+
+    def build(key: str) -> None:
+        if key in built:
+            return
+        graph = DERIVED_GRAPHS[key]
+        for need in graph.needs:
+            build(need)
+        started = time.perf_counter()
+        built[key] = graph.build(inputs, built)
+        seconds[key] = time.perf_counter() - started
+
+    for key in keys:
+        build(key)
+    return {k: v for k, v in built.items() if k in keys}, seconds

@@ -31,11 +31,12 @@ QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || tru
 # `make run-all`: every default baseline instead of the demonstration's T-GCN alone.
 ALL_BASELINES ?= gwn,stgcn,mtgnn,astgcn,tgcn
 
-.PHONY: help install run run-all lint test ui bench bench-accuracy bench-ablations gpu-deps
+.PHONY: help install run run-all run-nyc lint test ui bench bench-accuracy bench-ablations gpu-deps
 
 help:
 	@echo "make run    - install (first time) and run the whole pipeline (dvc repro) on the embedded data"
 	@echo "make run-all - the same with the five baselines gwn, stgcn, mtgnn, astgcn, tgcn (params.yaml edited by dvc exp run)"
+	@echo "make run-nyc - the embedded NYC bike grid (demand, 6:2:2) with the eight demand-capable baselines (params only, dvc exp run)"
 	@echo "make test   - install (first time), lint, and run the test suite"
 	@echo "make lint   - ruff (lint + format check) and mypy (src/gptst); config in pyproject.toml"
 	@echo "make ui     - MLflow UI on http://127.0.0.1:$(UI_PORT)"
@@ -65,6 +66,16 @@ run-all: $(STAMP)
 	GPTST_PIPELINE_RUN=$${GPTST_PIPELINE_RUN:-run-all-$$(date -u +%Y%m%dT%H%M%SZ)} dvc exp run -S 'finetune.baselines=[$(ALL_BASELINES)]'
 	gptst outputs
 
+# The embedded NYC bike grid (demand) with the eight baselines that apply to demand data; params
+# only (dvc exp run -S writes them into params.yaml; git checkout params.yaml goes back).
+NYC_BASELINES ?= gwn,stgcn,mtgnn,astgcn,tgcn,ccrnn,dmvstnet,stmgcn
+NYC_PARAMS = -S dataset.name=nycbike-grid -S dataset.kind=demand \
+	-S dataset.series=data/raw/nycbike-grid/nycbike-grid.npz -S dataset.graph=data/raw/nycbike-grid/adj_mx.npz \
+	-S 'dataset.channel_names=[inflow,outflow]' -S dataset.null_value=null -S 'dataset.split={train: 0.6, val: 0.2, test: 0.2}'
+run-nyc: $(STAMP)
+	GPTST_PIPELINE_RUN=$${GPTST_PIPELINE_RUN:-run-nyc-$$(date -u +%Y%m%dT%H%M%SZ)} dvc exp run $(NYC_PARAMS) -S 'finetune.baselines=[$(NYC_BASELINES)]'
+	gptst outputs
+
 lint: $(STAMP)
 	ruff check src stages flows tests bench
 	ruff format --check src stages flows tests bench
@@ -83,6 +94,7 @@ bench: $(STAMP)
 	python bench/pretrain_speed.py
 	python bench/finetune_speed.py
 	python bench/stage_overhead.py
+	python bench/dtw_cost.py
 
 # bench/gpu.sh on a GPU machine whose Python has torch, numpy, pandas, pyarrow, pyyaml and h5py but
 # no package registry: the wheels of the other imports, for that machine's Python (GPU_PYTHON).

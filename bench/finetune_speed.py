@@ -43,7 +43,7 @@ baseline, variant, batch_size, steps, preset, profile = (
 params = load_params(ROOT / "params.yaml", {"preset": preset})
 series = week_series()
 trainer, batch = finetune_trainer(
-    params, series, week_graph(series), baseline, variant, batch_size, "cpu", Path(tempfile.mkdtemp())
+    params, series, week_graph(series, [baseline]), baseline, variant, batch_size, "cpu", Path(tempfile.mkdtemp())
 )
 params_count = sum(p.numel() for p in trainer.model.trainable_parameters())
 
@@ -65,7 +65,7 @@ from gptst.params import load_params
 baseline, batch_size, steps, preset = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 params = load_params(ROOT / "params.yaml", {"preset": preset})
 series = week_series()
-graph = week_graph(series)
+graph = week_graph(series, [baseline])
 work = Path(tempfile.mkdtemp())
 trainers = {
     v: finetune_trainer(params, series, graph, baseline, v, batch_size, "cpu", work) for v in ("plain", "gptst")

@@ -122,15 +122,22 @@ def week_series():
         return load_series(Path(tmp) / "s.parquet")
 
 
-def week_graph(series):
-    """The week's sensor graph as the adjacency stage builds it (params.yaml's recipe)."""
+def week_graph(series, baselines=()):
+    """The week's sensor graph as the adjacency stage builds it (params.yaml's recipe), with the
+    derived graphs ``baselines`` need, from the training split."""
+    from gptst.data.splits import chronological_split
     from gptst.graph.adjacency import build_adjacency
     from gptst.graph.bundle import GraphBundle
+    from gptst.graph.derived import build_derived_graphs, derived_graph_inputs
+    from gptst.models.baselines.registry import graphs_needed
     from gptst.params import load_params
 
     params = load_params(ROOT / "params.yaml")
     adj, node_ids = build_adjacency(params.path(params.dataset.graph), series.node_ids, params.graph)
-    return GraphBundle(adj=adj, node_ids=node_ids)
+    train = chronological_split(len(series.values), params.dataset.split).train
+    inputs = derived_graph_inputs(adj, series, train, params.graph.derived)
+    extras, _ = build_derived_graphs(graphs_needed(list(baselines)), inputs)
+    return GraphBundle(adj=adj, node_ids=node_ids, extras=extras)
 
 
 def tiled(series, graph, nodes: int, seed: int = 0):

@@ -142,16 +142,22 @@ def _finetune_item(args: argparse.Namespace, params: Params, tracking: TrackingS
     series = load_series(args.series)
     sha = read_series_metadata(args.series).get("source_sha256", "")
     device = resolve_device(params.device)
-    data = DownstreamData.prepare(params, series, load_adjacency(args.adjacency), device)
+    graph = load_adjacency(args.adjacency)
+    data = DownstreamData.prepare(params, series, graph, device)
     bundle, cache, encoder_tags, encoder_version = _encoder_inputs(args, variant, dataset, device, tracking)
     identity = run_identity(
         params,
         FINETUNE_SECTIONS,
         device=device,
-        extra={"baseline": f"{name}:{section.model_dump_json()}", "variant": variant},
+        # Of adjacency.npz, the road graph and the derived graphs this baseline reads: adding
+        # another baseline's graph to the file leaves this item's checkpoint valid.
+        extra={
+            "baseline": f"{name}:{section.model_dump_json()}",
+            "variant": variant,
+            "input.adjacency": graph.digest(baseline_spec(name).graphs),
+        },
         inputs={
             "series": args.series,
-            "adjacency": args.adjacency,
             "encoder": args.encoder if bundle else None,
             "encode_index": args.encoded / INDEX if variant == "gptst" and args.encoded else None,
         },

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,13 @@ from gptst.data.scaler import StandardScaler
 from gptst.data.series import SeriesData
 from gptst.graph.adjacency import build_adjacency
 from gptst.graph.bundle import GraphBundle
+from gptst.graph.derived import build_derived_graphs, derived_graph_inputs
 from gptst.metrics import masked_mae
 from gptst.models.baselines.registry import build_baseline, parameter_count
 from gptst.models.gptst.bundle import save_encoder_bundle
 from gptst.models.gptst.config import GptstConfig
 from gptst.models.gptst.model import build_model
-from gptst.params import GraphParams
+from gptst.params import DerivedGraphParams, GraphParams
 
 from .conftest import TEST_DATA, WEEK_DIR
 
@@ -36,6 +38,16 @@ def week_graph(week: SeriesData, nodes: int | None = None) -> GraphBundle:
     adj, ids = build_adjacency(WEEK_DIR / "adj_mx.pkl", week.node_ids, GraphParams())
     n = nodes or len(ids)
     return GraphBundle(adj=adj[:n, :n], node_ids=ids[:n])
+
+
+def derived_week_graph(week: SeriesData, keys: list[str], nodes: int) -> GraphBundle:
+    """The week's road graph (first ``nodes`` nodes) with the derived graphs ``keys``, built as the
+    adjacency stage builds them, from the training split (70%)."""
+    base = week_graph(week, nodes=nodes)
+    series = dataclasses.replace(week, values=week.values[:, :nodes], node_ids=week.node_ids[:nodes])
+    train = range(0, int(0.7 * len(series.timestamps)))
+    extras, _ = build_derived_graphs(keys, derived_graph_inputs(base.adj, series, train, DerivedGraphParams()))
+    return GraphBundle(adj=base.adj, node_ids=base.node_ids, extras=extras)
 
 
 def pems08_graph() -> GraphBundle:
@@ -111,7 +123,7 @@ def assert_overfits(
         optimiser.zero_grad()
         loss = masked_mae(scaler.inverse_transform(model(x)), y, 0.0)
         if initial is None:
-            initial = float(loss)
+            initial = float(loss.detach())
         elif float(loss) < target * initial:
             return step
         loss.backward()

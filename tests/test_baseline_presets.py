@@ -8,21 +8,26 @@ import pytest
 import torch
 
 from gptst.layout import VARIANTS
-from gptst.models.baselines.registry import baseline_modules, build_baseline
+from gptst.models.baselines.registry import baseline_modules, build_baseline, graphs_needed
 from gptst.models.forecaster import input_dim
 from gptst.params import load_params
 from gptst.training.baseline_config import baseline_config
 
-from .baseline_checks import week_graph
+from .baseline_checks import derived_week_graph
 from .conftest import REPO_ROOT
 
 PRESETS = sorted(p.stem for p in (REPO_ROOT / "presets").glob("*.yaml"))
 
 
+@pytest.fixture(scope="module")
+def graph(week):
+    """The week's road graph with every derived graph a baseline module needs."""
+    return derived_week_graph(week, graphs_needed(baseline_modules()), len(week.node_ids))
+
+
 @pytest.mark.parametrize("preset", PRESETS)
-def test_every_preset_builds_every_baseline_in_every_variant(preset, week):
+def test_every_preset_builds_every_baseline_in_every_variant(preset, graph, week):
     params = load_params(REPO_ROOT / "params.yaml", overrides={"preset": preset})
-    graph = week_graph(week)
     x = torch.zeros(1, params.windows.t_in, len(week.node_ids), 1)
     for name in baseline_modules():
         for variant in VARIANTS:

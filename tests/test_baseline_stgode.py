@@ -3,8 +3,6 @@ blocks on the road graph and on the DTW semantic graph, max-pooled, and a two-la
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -23,9 +21,9 @@ from .baseline_checks import (
     assert_dropout_only_in_training,
     assert_forward_backward,
     assert_overfits,
+    derived_week_graph,
     pems08_graph,
     variant_inputs,
-    week_graph,
     week_windows,
 )
 from .conftest import TEST_DATA
@@ -40,19 +38,9 @@ SMALL = StgodeConfig(channels=[16, 8, 16], branches=1, head_channels=8, dropout=
 MORNING = 7 * 12  # 07:00, in 5-minute steps from the first reading (midnight)
 
 
-def dtw_graph(week: SeriesData, nodes: int = NODES) -> GraphBundle:
-    """The week's road graph (first ``nodes`` nodes) with the ``dtw`` graph the adjacency stage
-    derives for STGODE, built by gptst.graph.derived from the training split (70%)."""
-    base = week_graph(week, nodes=nodes)
-    series = dataclasses.replace(week, values=week.values[:, :nodes], node_ids=week.node_ids[:nodes])
-    train = range(0, int(0.7 * len(series.timestamps)))
-    extras, _ = build_derived_graphs(["dtw"], derived_graph_inputs(base.adj, series, train, DerivedGraphParams()))
-    return GraphBundle(adj=base.adj, node_ids=base.node_ids, extras=extras)
-
-
 @pytest.fixture(scope="module")
 def graph(week) -> GraphBundle:
-    return dtw_graph(week)
+    return derived_week_graph(week, ["dtw"], NODES)
 
 
 def _build(graph, params: StgodeConfig = SMALL, *, in_dim: int = 1, in_steps: int = 12, out_steps: int = 12):

@@ -188,3 +188,27 @@ def test_demand_grid_two_channels_in_and_out(bike):
         for d in (64, 2)
     )
     assert counts == GPTST_REPO_NYC_COUNTS
+
+
+def test_the_finetune_step_adds_the_weighted_kl_to_the_forecast_loss(week):
+    """With ``baselines.stwa.kl_weight`` set, the pipeline's training step trains ST-WA as its
+    authors do: forecast loss + kl_weight x KL (same latents drawn for both sides)."""
+    from dataclasses import replace
+
+    from gptst.params import load_params
+    from gptst.training.finetune import DownstreamData, build_forecaster, finetune_step_fn, forecast
+
+    from .conftest import REPO_ROOT
+
+    params = load_params(REPO_ROOT / "params.yaml", overrides={"preset": "tiny", "baselines.stwa.kl_weight": 0.5})
+    series = replace(week, values=np.ascontiguousarray(week.values[:, :12]), node_ids=week.node_ids[:12])
+    data = DownstreamData.prepare(params, series, week_graph(week, nodes=12))
+    forecaster = build_forecaster(params, data, "stwa", "plain").train()
+    batch = data.batcher.gather(data.splits.train.starts[:8])
+    torch.manual_seed(3)
+    loss = finetune_step_fn(params, data, "stwa", None)(forecaster, batch, 1).loss
+    torch.manual_seed(3)
+    forecast_loss = masked_mae(forecast(forecaster, data, batch), batch.y, data.null_value)
+    kl = forecaster.baseline.auxiliary_loss()
+    assert float(kl) > 0
+    torch.testing.assert_close(loss, forecast_loss + kl)

@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -30,6 +31,7 @@ from .processes import free_port, stop_process_group, wait_until
 pytestmark = pytest.mark.slow
 
 BASELINES = ("tgcn",)  # the smallest baseline: this test is about the pipeline; each has its own tests
+NYC_BASELINES = ("stmgcn", "tgcn")  # demand data: one demand-only baseline and one that applies to any kind
 
 
 @pytest.fixture(scope="session")
@@ -101,11 +103,12 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Clone:
         null_value=None,
         split={"train": 0.6, "val": 0.2, "test": 0.2},
     )
-    params["finetune"]["baselines"] = ["tgcn"]
+    # A demand-only baseline with a derived graph (ST-MGCN: correlation) beside T-GCN.
+    params["finetune"]["baselines"] = list(NYC_BASELINES)
     params["finetune"]["encoder_cache_max_gb"] = 0.001  # the on-the-fly path: no cache written
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    # One finetune item and what it needs: the two channels through the fusion, on the fly.
-    c.dvc("repro", "finetune_gptst@tgcn-gptst", name="nyc")
+    # Ingest to promote, by params only: the two channels through the fusion, on the fly.
+    c.dvc("repro", name="nyc")
     return c
 
 
@@ -274,10 +277,20 @@ def test_a_failed_stage_names_the_command_that_restores_its_previous_outputs(clo
     assert "up to date" in clone.logs["after_restore"].stdout
 
 
-def test_the_nyc_bike_grid_runs_by_editing_params_only(clone: Clone):
+def test_the_nyc_bike_grid_runs_from_ingest_to_promote_by_editing_params_only(clone: Clone):
     out = clone.logs["nyc"].stdout
-    for stage in ("ingest", "adjacency", "validate", "pretrain", "encode", "finetune_gptst@tgcn-gptst"):
+    items = [
+        f"{'finetune_gptst' if v.startswith('gptst') else 'finetune'}@{b}-{v}" for b in NYC_BASELINES for v in VARIANTS
+    ]
+    for stage in ("ingest", "adjacency", "validate", "pretrain", "encode", *items, "evaluate", "promote"):
         assert f"Running stage '{stage}'" in out
+    with np.load(clone.root / "data/processed/nycbike-grid/adjacency.npz") as npz:
+        assert "correlation" in npz.files and npz["correlation"].shape == (128, 128)  # ST-MGCN's second graph
+    comparison = pd.read_csv(clone.root / "reports/nycbike-grid/comparison.csv")
+    rows = set(zip(comparison["baseline"], comparison["variant"], strict=True))
+    assert {(b, v) for b in NYC_BASELINES for v in VARIANTS} <= rows
+    assert {("persistence", "reference"), ("historical_average", "reference")} <= rows
+    assert json.loads((clone.root / "reports/nycbike-grid/promotion.json").read_text())
     assert "on_the_fly" in out  # above the cache cap the encoder runs per batch
     meta = json.loads((clone.root / "data/processed/nycbike-grid/meta.json").read_text())
     assert meta["shape"] == [1369, 128, 2] and meta["freq"] == "h" and meta["kind"] == "demand"

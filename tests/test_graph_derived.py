@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from torch import nn
 
+from gptst.graph.bundle import GraphBundle
 from gptst.graph.derived import (
     DERIVED_GRAPHS,
     DerivedGraphBudgetError,
@@ -122,9 +123,10 @@ def test_fusion_graph_blocks_follow_stfgnn():
     np.fill_diagonal(d, 1)
     assert (block(1, 1) == a).all() and (block(2, 2) == a).all()
     assert (block(0, 0) == d).all() and (block(3, 3) == d).all()
-    assert (np.diag(block(1, 2)) == 1).all() and (np.diag(block(2, 3)) == 1).all()
-    assert (block(0, 3) >= dtw).all() and (block(3, 0) >= dtw).all()
-    assert (block(1, 3) == 0).all(), "only the first step links across more than one step"
+    eye = np.eye(n, dtype=np.float32)
+    for i, j in [(0, 1), (1, 2), (2, 3), (0, 2), (1, 3)]:
+        assert (block(i, j) == eye).all() and (block(j, i) == eye).all(), f"steps {i}, {j}: each node to itself only"
+    assert (block(0, 3) == d).all() and (block(3, 0) == d).all(), "first and last step: the DTW graph"
     assert (g == g.T).all()
 
 
@@ -232,3 +234,19 @@ def test_the_adjacency_stage_builds_only_what_the_listed_baselines_need(tmp_path
     err = capsys.readouterr().err
     assert "graph.derived" in err and "21,321 node pairs" in err and "dtw_max_seconds" in err
     assert project.outputs() == before, "the refused build leaves the previous adjacency.npz"
+
+
+def test_a_baselines_graph_digest_covers_the_road_graph_and_only_the_derived_graphs_it_reads():
+    """A finetune item's checkpoint identity (stages/finetune.py): adding another baseline's graph
+    to adjacency.npz leaves it unchanged; a change of a graph it reads, or of the road graph, does not."""
+    adj = np.eye(4, dtype=np.float32)
+    ids = ["a", "b", "c", "d"]
+    base = GraphBundle(adj=adj, node_ids=ids, extras={"dtw": np.ones((4, 4), np.float32)})
+    more = GraphBundle(adj=adj, node_ids=ids, extras={**base.extras, "correlation": np.zeros((4, 4), np.float32)})
+    assert base.digest(["dtw"]) == more.digest(["dtw"])
+    assert base.digest() == more.digest()
+    other_dtw = GraphBundle(adj=adj, node_ids=ids, extras={"dtw": np.zeros((4, 4), np.float32)})
+    assert other_dtw.digest(["dtw"]) != base.digest(["dtw"])
+    assert other_dtw.digest() == base.digest()
+    other_road = GraphBundle(adj=adj * 2, node_ids=ids, extras=base.extras)
+    assert other_road.digest(["dtw"]) != base.digest(["dtw"])

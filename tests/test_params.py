@@ -384,6 +384,17 @@ def test_the_resolved_finetune_params_are_what_the_items_train_with():
     assert resolved["baselines"]["tgcn"]["hidden"] == 16
 
 
+@pytest.mark.parametrize(("kind", "baseline"), [("speed", "ccrnn"), ("speed", "dmvstnet"), ("flow", "stmgcn")])
+def test_a_demand_only_baseline_listed_for_other_data_is_refused_naming_baseline_and_kind(kind, baseline):
+    params = load_params(
+        REPO_ROOT / "params.yaml", overrides={"dataset.kind": kind, "finetune.baselines": ["tgcn", baseline]}
+    )
+    with pytest.raises(InputError) as err:
+        resolved_finetune_params(params)
+    assert err.value.field == "finetune.baselines"
+    assert f"baseline '{baseline}' applies to demand data only; this dataset's kind is '{kind}'" in str(err.value)
+
+
 def test_gptst_params_show_prints_the_resolved_baselines(capsys):
     assert main(["params", "--params", str(REPO_ROOT / "params.yaml"), "--show"]) == 0
     import json

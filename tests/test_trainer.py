@@ -173,6 +173,21 @@ def test_a_finished_run_resumes_to_the_end_without_training_again(data, tmp_path
     assert all(torch.equal(weights[k], v) for k, v in model2.state_dict().items())
 
 
+def test_a_run_that_stopped_early_stays_stopped_when_run_again(data, tmp_path):
+    """Its last checkpoint is the stopping epoch's: a re-run (a kill before it returned, or DVC
+    re-running a finished item) trains no further epoch and ends with the same weights."""
+    script = [5.0, 4.0, 4.5, 4.6, 3.0, 2.0, 1.0, 0.5]  # an extra epoch would have improved
+    trainer, model = make_trainer(data, tmp_path, val_script=script, epochs=8, patience=2)
+    first = trainer.fit(batches(data, 1))
+    assert (first.stopped_early, first.epochs_run) == (True, 4)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    again, model2 = make_trainer(data, tmp_path, val_script=script, epochs=8, patience=2)
+    result = again.fit(batches(data, 1))
+    assert (result.stopped_early, result.epochs_run, result.resumed_from, result.best_epoch) == (True, 4, 4, 2)
+    assert len(result.history) == 4
+    assert all(torch.equal(weights[k], v) for k, v in model2.state_dict().items())
+
+
 def test_a_checkpoint_of_another_run_is_not_resumed_and_the_differing_part_is_named(data, tmp_path, capsys):
     trainer, _ = make_trainer(data, tmp_path, epochs=2)
     trainer.identity = {"code": "a" * 64, "input.adjacency": "1" * 64}

@@ -7,6 +7,7 @@ Node ids are stored as a numpy unicode array (not objects), so the file loads wi
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,16 @@ class GraphBundle:
     def checksum(self) -> str:
         """:func:`graph_checksum` of ``adj`` and ``node_ids``."""
         return graph_checksum(self.adj, self.node_ids)
+
+    def digest(self, extras: Sequence[str] = ()) -> str:
+        """sha256 of :meth:`checksum` and the extra arrays ``extras`` (name, shape, dtype, bytes):
+        what a model reading those graphs depends on, and nothing else of the file."""
+        digest = hashlib.sha256(self.checksum().encode())
+        for key in sorted(extras):
+            arr = np.ascontiguousarray(self.extras[key])
+            digest.update(f"\0{key}|{arr.shape}|{arr.dtype.str}\0".encode())
+            digest.update(arr.tobytes())
+        return digest.hexdigest()
 
 
 def _checked(adj: Any, node_ids: Any) -> tuple[np.ndarray, list[str]]:

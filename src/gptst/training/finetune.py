@@ -215,12 +215,15 @@ def downstream_loss(
 def finetune_step_fn(
     params: Params, data: DownstreamData, baseline: str, cache: EncodedCache | None
 ) -> Callable[[torch.nn.Module, Batch, int], StepResult]:
-    """The trainer's step for a forecaster: the baseline's loss on the de-normalised forecast."""
+    """The trainer's step for a forecaster: the baseline's loss on the de-normalised forecast, plus
+    the baseline's own training term where it has one (``auxiliary_loss()``: ST-WA's weighted KL)."""
     loss_fn = downstream_loss(params, baseline)
 
     def step(module: torch.nn.Module, batch: Batch, epoch: int) -> StepResult:
         # ``module`` is the forecaster, or its DDP wrapper, which forwards the same calls.
-        return StepResult(loss_fn(forecast(cast(Forecaster, module), data, batch, cache), batch.y, data.null_value))
+        loss = loss_fn(forecast(cast(Forecaster, module), data, batch, cache), batch.y, data.null_value)
+        auxiliary = getattr(getattr(module, "module", module).baseline, "auxiliary_loss", None)
+        return StepResult(loss + auxiliary() if auxiliary is not None else loss)
 
     return step
 

@@ -213,8 +213,12 @@ class Trainer(Generic[ModelT]):
         best, best_epoch, bad = state["best_metric"], state["best_epoch"], state["bad_epochs"]
         decays = int(state.get("plateau_decays_done", 0))
         history: list[dict[str, float]] = state["history"]
-        stopped = False
         epoch = state["epoch"]
+        # A checkpoint saved by the epoch that stopped early (a kill before the run returned, or a
+        # re-run of a finished item): it stays stopped, no epoch is added.
+        stopped = epoch >= 1 and epoch >= cfg.min_epochs and bad >= cfg.patience
+        if stopped:
+            start = cfg.epochs + 1
         if self.log_fn is not None and self.dist.is_main:
             # A resumed run's tracking shows the whole curve, not only the epochs it adds.
             for row in history:
@@ -256,7 +260,7 @@ class Trainer(Generic[ModelT]):
             best_metric=best,
             epochs_run=epoch,
             stopped_early=stopped,
-            resumed_from=start - 1,
+            resumed_from=int(state["epoch"]),
             history=history,
         )
 

@@ -32,8 +32,6 @@ Differences from GPT-ST's port and why:
 - The attention scorer has no bias: a softmax over the ``pre_k`` slots ignores a shared shift,
   so that bias can never be trained. The port's unused output layer ``self.out`` is dropped too.
   Together that is 69 parameters fewer at the reference size.
-- On a GPU the port's ``nn.Parameter(...).to(device)`` turns the adaptive node vectors into plain
-  tensors, so they are not trained. Here they are registered parameters.
 - Diffusion of more than one hop uses powers ``P^k z`` (the paper's diffusion convolution). The
   port uses a Chebyshev-like recurrence. The mixing layer is linear, so both give the same
   function class, and at the default ``max_diffusion_step`` of 1 they are identical.

@@ -25,10 +25,8 @@ Differences from GPT-ST's port, none of which changes the parameter count:
 - ``params.dropout`` (0 by default; neither reference has dropout) acts on the heads' input;
 - the last convolution of each module is computed for the kept rows only (same values).
 
-The graph is used as :mod:`gptst.graph.derived` builds it. Its off-diagonal blocks differ from
-the authors' ``construct_adj_fusion`` (identity between every pair of steps; the DTW graph,
-self-links included, between the first and the last step only): see the strict xfail test in
-tests/test_baseline_stfgnn.py; the fix belongs to ``fusion_graph``, not to this model.
+The graph is :func:`gptst.graph.derived.fusion_graph`, the authors' ``construct_adj_fusion``
+(identity between every pair of steps, the DTW graph between the first and the last).
 """
 
 from __future__ import annotations

@@ -34,9 +34,9 @@ skip 256, end 512 as in the authors' code). Differences from GPT-ST's port, and 
   time-specific posteriors of the batch. GPT-ST's port leaves it out (its loss is the masked
   MAE of the forecast only; the ``loss_kl`` of GPT-ST's trainer is the pre-training cluster
   loss). ``kl_weight`` defaults to 0, as GPT-ST; :meth:`STWA.auxiliary_loss` returns
-  ``kl_weight * KL`` of the last training forward pass, for a training step that adds it (the
-  authors' weight is 0.0005). Without it the posteriors are free to collapse to points, as
-  they are in GPT-ST's runs.
+  ``kl_weight * KL`` of the last training forward pass, which the finetune step adds to the
+  forecast loss (``gptst.training.finetune.finetune_step_fn``; the authors' weight is 0.0005).
+  Without it the posteriors are free to collapse to points, as they are in GPT-ST's runs.
 - inputs with more than one channel (``gptst``: 64, demand: 2): the time-specific MLPs read one
   channel made by a linear map of the input channels, as GPT-ST's port does (``eval_dimin``); the
   authors' code only ran on one channel.

@@ -124,7 +124,7 @@ def assert_overfits(
         loss = masked_mae(scaler.inverse_transform(model(x)), y, 0.0)
         if initial is None:
             initial = float(loss.detach())
-        elif float(loss) < target * initial:
+        elif float(loss.detach()) < target * initial:
             return step
         loss.backward()
         # Without clipping, a large step can diverge to NaN on some runs (CPU reductions are not

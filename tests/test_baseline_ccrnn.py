@@ -231,7 +231,7 @@ def test_overfits_eight_fixed_windows(demand):
         optimiser.zero_grad()
         loss = _loss(model, batch.x, batch, demand.scaler)
         if initial is None:
-            initial = float(loss)
+            initial = float(loss.detach())
         elif float(loss) < 0.3 * initial:
             break
         loss.backward()

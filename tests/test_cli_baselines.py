@@ -14,15 +14,17 @@ import yaml
 
 from gptst.cli import main
 from gptst.data.series import write_series
+from gptst.data.splits import chronological_split
 from gptst.graph.adjacency import build_adjacency
 from gptst.graph.bundle import GraphBundle, write_adjacency
-from gptst.models.baselines.registry import build_baseline, parameter_count, registered_baselines
+from gptst.graph.derived import build_derived_graphs, derived_graph_inputs
+from gptst.models.baselines.registry import build_baseline, graphs_needed, parameter_count, registered_baselines
 from gptst.params import load_params
 from gptst.training.baseline_config import baseline_config
 
 from .conftest import REPO_ROOT, TEST_DATA, WEEK_DIR
 
-ROW = re.compile(r"^(\w+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)$")
+ROW = re.compile(r"^(\w+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)(?:\s+\(applies to .*\))?$")
 
 
 class Project:
@@ -92,7 +94,12 @@ def test_counts_every_registered_baseline_as_finetune_builds_it_from_the_raw_fil
     table = rows(out)
     assert sorted(table) == registered_baselines() and len(table) >= 5
     adj, ids = build_adjacency(WEEK_DIR / "adj_mx.pkl", week.node_ids, params.graph)
-    graph = GraphBundle(adj=adj, node_ids=ids)
+    # the derived graphs some baselines read, built from the training split as the adjacency stage does
+    train = chronological_split(len(week.values), params.dataset.split).train
+    extras, _ = build_derived_graphs(
+        graphs_needed(registered_baselines()), derived_graph_inputs(adj, week, train, params.graph.derived)
+    )
+    graph = GraphBundle(adj=adj, node_ids=ids, extras=extras)
     for name, counts in table.items():
         expected = tuple(
             parameter_count(
@@ -113,6 +120,8 @@ def test_counts_every_registered_baseline_as_finetune_builds_it_from_the_raw_fil
     # T-GCN in closed form: two graph-convolution weight/bias pairs on [x, h] and the h -> 12 head.
     h = baseline_config(params, "tgcn").hidden
     assert table["tgcn"] == tuple(3 * h * (width + h) + 3 * h + 12 * (h + 1) for width in (1, 5, hidden))
+    # speed data: the demand-only baselines are counted and marked
+    assert re.search(r"^ccrnn\s.*\(applies to demand data only\)$", out, re.MULTILINE)
 
 
 def test_reads_the_stage_outputs_when_they_exist_and_not_the_raw_files(project, week, capsys):

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from stages import adjacency as adjacency_stage
+from stages import finetune_params as finetune_params_stage
 from stages import ingest as ingest_stage
 from stages import validate as validate_stage
 
@@ -42,14 +43,21 @@ class Project:
         return ingest_stage.main(["--params", str(self.root / "params.yaml"), "--out", str(self.out)])
 
     def adjacency(self) -> int:
+        """The finetune_params stage (its list of derived graphs), then the adjacency stage."""
+        resolved = self.out / "finetune_params.yaml"
+        params = ["--params", str(self.root / "params.yaml")]
+        code = finetune_params_stage.main([*params, "--out", str(resolved)])
+        if code:
+            return code
         return adjacency_stage.main(
             [
-                "--params",
-                str(self.root / "params.yaml"),
+                *params,
                 "--series",
                 str(self.out / "series.parquet"),
                 "--out",
                 str(self.out / "adjacency.npz"),
+                "--finetune-params",
+                str(resolved),
             ]
         )
 

@@ -250,3 +250,26 @@ def test_a_baselines_graph_digest_covers_the_road_graph_and_only_the_derived_gra
     assert other_dtw.digest() == base.digest()
     other_road = GraphBundle(adj=adj * 2, node_ids=ids, extras=base.extras)
     assert other_road.digest(["dtw"]) != base.digest(["dtw"])
+
+
+def test_the_adjacency_stage_refuses_a_bad_list_of_derived_graphs_naming_the_file(tmp_path, capsys):
+    from stages import adjacency as adjacency_stage
+
+    project = Project(tmp_path, WEEK_DIR / "metr-la-week.h5", WEEK_DIR / "adj_mx.pkl")
+    assert project.ingest() == 0
+    resolved = tmp_path / "finetune_params.yaml"
+
+    def run() -> int:
+        return adjacency_stage.main(
+            [
+                *("--params", str(tmp_path / "params.yaml"), "--series", str(project.out / "series.parquet")),
+                *("--out", str(project.out / "adjacency.npz"), "--finetune-params", str(resolved)),
+            ]
+        )
+
+    assert run() == 2
+    assert f"{resolved}: missing: run the finetune_params stage first" in capsys.readouterr().err
+    resolved.write_text("derived_graphs: [dtw, wormholes]\n")
+    assert run() == 2
+    assert f"{resolved}: derived_graphs: unknown graphs ['wormholes']" in capsys.readouterr().err
+    assert not (project.out / "adjacency.npz").exists()

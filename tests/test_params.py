@@ -375,7 +375,8 @@ def test_the_resolved_finetune_params_are_what_the_items_train_with():
     and every listed baseline, preset overlaid and defaults filled in."""
     params = load_params(REPO_ROOT / "params.yaml", overrides={"preset": "tiny"})
     resolved = resolved_finetune_params(params)
-    assert set(resolved) == {"finetune", "baselines"}
+    assert set(resolved) == {"finetune", "baselines", "derived_graphs"}
+    assert resolved["derived_graphs"] == []  # T-GCN reads the road graph only
     assert resolved["finetune"]["common"] == params.finetune.common.model_dump(mode="json")
     assert resolved["finetune"]["common"]["epochs"] == 1
     assert list(resolved["baselines"]) == params.finetune.baselines
@@ -384,7 +385,7 @@ def test_the_resolved_finetune_params_are_what_the_items_train_with():
     assert resolved["baselines"]["tgcn"]["hidden"] == 16
 
 
-@pytest.mark.parametrize(("kind", "baseline"), [("speed", "ccrnn"), ("speed", "dmvstnet"), ("flow", "stmgcn")])
+@pytest.mark.parametrize(("kind", "baseline"), [("speed", "ccrnn"), ("speed", "dmvstnet"), ("speed", "stmgcn")])
 def test_a_demand_only_baseline_listed_for_other_data_is_refused_naming_baseline_and_kind(kind, baseline):
     params = load_params(
         REPO_ROOT / "params.yaml", overrides={"dataset.kind": kind, "finetune.baselines": ["tgcn", baseline]}

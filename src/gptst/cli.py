@@ -12,6 +12,7 @@ from gptst.layout import VARIANTS, processed_dir
 from gptst.stage import run_stage
 
 if TYPE_CHECKING:
+    from gptst.data.series import SeriesData
     from gptst.graph.bundle import GraphBundle
     from gptst.params import Params
 
@@ -51,14 +52,26 @@ def _shown(path: Path, root: Path) -> str:
 def _dataset_axes(params: Params, params_file: str | Path = "params.yaml") -> tuple[list[str], list[str], Path]:
     """The dataset's node ids and channel names, and where they were read: the ingested series'
     metadata when the ingest stage has run, else the raw series read as the ingest stage reads it."""
-    from gptst.data.ingest import to_series
-    from gptst.data.readers import read_raw_series
     from gptst.data.series import read_series_metadata
 
     series = processed_dir(params.root, params.dataset.name) / "series.parquet"
     if series.is_file():
         meta = read_series_metadata(series)
         return list(meta["node_ids"]), list(meta["channels"]), series
+    data = _dataset_series(params, params_file)
+    return data.node_ids, data.channels, params.path(params.dataset.series)
+
+
+def _dataset_series(params: Params, params_file: str | Path = "params.yaml") -> SeriesData:
+    """The dataset's series: the ingested one when the ingest stage has run, else the raw series
+    read as the ingest stage reads it."""
+    from gptst.data.ingest import to_series
+    from gptst.data.readers import read_raw_series
+    from gptst.data.series import load_series
+
+    series = processed_dir(params.root, params.dataset.name) / "series.parquet"
+    if series.is_file():
+        return load_series(series)
     dataset = params.dataset
     source = params.path(dataset.series)
     raw = read_raw_series(
@@ -69,8 +82,24 @@ def _dataset_axes(params: Params, params_file: str | Path = "params.yaml") -> tu
         timestamp_column=dataset.timestamp_column,
         channels=dataset.channels,
     )
-    data = to_series(raw, dataset, source, params_file=str(params_file))
-    return data.node_ids, data.channels, source
+    return to_series(raw, dataset, source, params_file=str(params_file))
+
+
+def _with_derived_graphs(params: Params, graph: GraphBundle, names: list[str], params_file: str | Path) -> GraphBundle:
+    """``graph`` with the derived graphs the baselines ``names`` need and it lacks, built as the
+    adjacency stage builds them (from the series' training split)."""
+    from gptst.data.splits import chronological_split
+    from gptst.graph.bundle import GraphBundle
+    from gptst.graph.derived import build_derived_graphs, derived_graph_inputs
+    from gptst.models.baselines.registry import graphs_needed
+
+    missing = [key for key in graphs_needed(names) if key not in graph.extras]
+    if not missing:
+        return graph
+    series = _dataset_series(params, params_file)
+    train = chronological_split(len(series.values), params.dataset.split).train
+    built, _ = build_derived_graphs(missing, derived_graph_inputs(graph.adj, series, train, params.graph.derived))
+    return GraphBundle(adj=graph.adj, node_ids=graph.node_ids, extras={**graph.extras, **built})
 
 
 def _dataset_graph(params: Params, node_ids: list[str]) -> tuple[GraphBundle, Path]:
@@ -93,7 +122,7 @@ def _dataset_graph(params: Params, node_ids: list[str]) -> tuple[GraphBundle, Pa
 
 
 def _cmd_baselines(args: argparse.Namespace) -> int:
-    from gptst.models.baselines.registry import build_baseline, parameter_count, registered_baselines
+    from gptst.models.baselines.registry import baseline_spec, build_baseline, parameter_count, registered_baselines
     from gptst.models.forecaster import input_dim
     from gptst.params import load_params
     from gptst.training.baseline_config import baseline_config, validate_baselines
@@ -113,7 +142,14 @@ def _cmd_baselines(args: argparse.Namespace) -> int:
     print(
         f"{'baseline':<10}" + "".join(f"{f'{v} (in {w})':>18}" for v, w in zip(BASELINE_VARIANTS, widths, strict=True))
     )
-    for name in registered_baselines():
+    names = registered_baselines()
+    try:
+        graph = _with_derived_graphs(params, graph, names, args.params)
+    except ValueError as err:  # a derived graph over its budget: those baselines cannot be built
+        print(f"derived graphs not built: {err}")
+    for name in names:
+        kinds = baseline_spec(name).kinds
+        note = f"  (applies to {' or '.join(kinds)} data only)" if kinds and params.dataset.kind not in kinds else ""
         try:
             counts = [
                 parameter_count(
@@ -133,7 +169,7 @@ def _cmd_baselines(args: argparse.Namespace) -> int:
         except ValueError as err:  # a size this baseline refuses, e.g. more input steps than it sees
             print(f"{name:<10}  not buildable at these sizes: {err}")
             continue
-        print(f"{name:<10}" + "".join(f"{count:>18,}" for count in counts))
+        print(f"{name:<10}" + "".join(f"{count:>18,}" for count in counts) + note)
     return 0
 
 

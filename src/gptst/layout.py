@@ -27,6 +27,11 @@ def encoder_model_name(dataset: str) -> str:
     return f"gptst-encoder-{dataset}"
 
 
+# The key of data/processed/<dataset>/finetune_params.yaml that lists the derived graphs the
+# listed baselines need: the adjacency stage reads it, so it depends on that list, not on their code.
+DERIVED_GRAPHS_KEY = "derived_graphs"
+
+
 def processed_dir(root: Path, dataset: str) -> Path:
     """``data/processed/<dataset>``: the ingest and adjacency stages' outputs."""
     return root / "data" / "processed" / dataset

@@ -16,7 +16,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from gptst.errors import InputError
-from gptst.models.baselines.registry import BaselineConfig, baseline_spec, check_applies, registered_baselines
+from gptst.layout import DERIVED_GRAPHS_KEY
+from gptst.models.baselines.registry import (
+    BaselineConfig,
+    baseline_spec,
+    check_applies,
+    graphs_needed,
+    registered_baselines,
+)
 from gptst.params import Params
 
 # Written by the finetune_params stage; the DVC finetune items track keys of it (dvc.yaml).
@@ -81,6 +88,8 @@ def resolved_finetune_params(params: Params) -> dict[str, Any]:
     return {
         "finetune": {"common": params.finetune.common.model_dump(mode="json")},
         "baselines": {name: config.model_dump(mode="json") for name, config in configs.items()},
+        # what the adjacency stage builds: it reads this file, not the baseline modules
+        DERIVED_GRAPHS_KEY: graphs_needed(params.finetune.baselines),
     }
 
 

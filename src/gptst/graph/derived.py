@@ -34,9 +34,9 @@ from gptst.data.series import SeriesData
 from gptst.graph.normalize import double_transition
 from gptst.params import DerivedGraphParams
 
-# Measured on the 2-core development machine (bench/dtw_cost.py: 7e-9 s):
+# Measured on the 2-core development machine (bench/dtw_cost.py: 0.9e-8 at N = 207, 1.1e-8 at 716):
 # seconds per DTW cell update, vectorised over a chunk of pairs, with margin for slower CPUs.
-DTW_SECONDS_PER_CELL = 8e-9
+DTW_SECONDS_PER_CELL = 1.2e-8
 
 
 class DerivedGraphInputs(NamedTuple):

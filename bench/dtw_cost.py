@@ -35,7 +35,7 @@ def week_profiles() -> np.ndarray:
     return daily_profiles(inputs.train, inputs.steps_per_day)
 
 
-def tiled(profiles: np.ndarray, nodes: int, seed: int = 0) -> np.ndarray:
+def tiled_profiles(profiles: np.ndarray, nodes: int, seed: int = 0) -> np.ndarray:
     """SYNTHETIC: ``nodes`` profiles, the real ones copied side by side, each copy with its own noise."""
     rng = np.random.default_rng(seed)
     copies = -(-nodes // profiles.shape[1])
@@ -54,7 +54,7 @@ def main() -> None:
     length = profiles.shape[0]
     rows = []
     for nodes in args.measure:
-        data = profiles if nodes == profiles.shape[1] else tiled(profiles, nodes)
+        data = profiles if nodes == profiles.shape[1] else tiled_profiles(profiles, nodes)
         times = []
         for _ in range(args.repeats if nodes <= 300 else 1):
             started = time.perf_counter()

@@ -107,8 +107,8 @@ def main() -> None:
     steps = args.steps or (2 if tiny else 5)
     params = load_params(ROOT / "params.yaml", {"preset": preset})
     week = week_series()
-    graph = week_graph(week)
-    scaled = tiled(week, graph, large)
+    graph = week_graph(week, args.baselines)
+    scaled = tiled(week, graph, large, baselines=args.baselines)
     datasets = {len(week.node_ids): (week, graph), large: scaled}
     rows: list[dict] = []
     started = time.perf_counter()

@@ -125,22 +125,32 @@ def week_series():
 def week_graph(series, baselines=()):
     """The week's sensor graph as the adjacency stage builds it (params.yaml's recipe), with the
     derived graphs ``baselines`` need, from the training split."""
-    from gptst.data.splits import chronological_split
     from gptst.graph.adjacency import build_adjacency
+    from gptst.graph.bundle import GraphBundle
+    from gptst.params import load_params
+
+    params = load_params(ROOT / "params.yaml")
+    adj, node_ids = build_adjacency(params.path(params.dataset.graph), series.node_ids, params.graph)
+    return with_derived_graphs(series, GraphBundle(adj=adj, node_ids=node_ids), baselines)
+
+
+def with_derived_graphs(series, graph, baselines=()):
+    """``graph`` with the derived graphs ``baselines`` need, built from ``series``' training split
+    as the adjacency stage builds them."""
+    from gptst.data.splits import chronological_split
     from gptst.graph.bundle import GraphBundle
     from gptst.graph.derived import build_derived_graphs, derived_graph_inputs
     from gptst.models.baselines.registry import graphs_needed
     from gptst.params import load_params
 
     params = load_params(ROOT / "params.yaml")
-    adj, node_ids = build_adjacency(params.path(params.dataset.graph), series.node_ids, params.graph)
     train = chronological_split(len(series.values), params.dataset.split).train
-    inputs = derived_graph_inputs(adj, series, train, params.graph.derived)
+    inputs = derived_graph_inputs(graph.adj, series, train, params.graph.derived)
     extras, _ = build_derived_graphs(graphs_needed(list(baselines)), inputs)
-    return GraphBundle(adj=adj, node_ids=node_ids, extras=extras)
+    return GraphBundle(adj=graph.adj, node_ids=graph.node_ids, extras=extras)
 
 
-def tiled(series, graph, nodes: int, seed: int = 0):
+def tiled(series, graph, nodes: int, seed: int = 0, baselines=()):
     """SYNTHETIC scale data: the real week's sensors copied side by side up to ``nodes`` sensors,
     each copy with its own N(0, 1) noise on the readings (missing ones stay missing), and the
     graph block-diagonal (each copy keeps its own road graph)."""
@@ -163,7 +173,8 @@ def tiled(series, graph, nodes: int, seed: int = 0):
     for k in range(copies):
         lo, hi = k * n, min((k + 1) * n, nodes)
         adj[lo:hi, lo:hi] = graph.adj[: hi - lo, : hi - lo]
-    return dataclasses.replace(series, values=noisy, node_ids=ids), GraphBundle(adj=adj, node_ids=ids)
+    scaled = dataclasses.replace(series, values=noisy, node_ids=ids)
+    return scaled, with_derived_graphs(scaled, GraphBundle(adj=adj, node_ids=ids), baselines)
 
 
 def pretrain_trainer(params, series, batch_size: int, device: str, workdir: Path):

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptst.models.baselines.registry import baseline_modules, build_baseline
+from gptst.models.baselines.registry import baseline_modules, build_baseline, graphs_needed
 from gptst.params import load_params
 from gptst.training.baseline_config import baseline_config
 
-from .baseline_checks import week_graph, week_windows
+from .baseline_checks import derived_week_graph, week_windows
 from .conftest import REPO_ROOT
 
 NODES = 20
@@ -29,7 +29,7 @@ def test_every_forecast_step_reads_the_last_input_step(week, name):
         out_dim=1,
         in_steps=12,
         out_steps=12,
-        graph=week_graph(week, nodes=NODES),
+        graph=derived_week_graph(week, graphs_needed([name]), NODES),
         params=baseline_config(params, name),
     ).eval()
     x, _, _ = week_windows(week, windows=2, nodes=NODES)

@@ -10,6 +10,8 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 UI_PORT ?= 5000
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist); each gets an equal share of the cores for torch (tests/conftest.py).
+TEST_WORKERS ?= 2
 
 # Offline environment (STACK.md): no telemetry, local state inside the project.
 export PATH := $(BIN):$(PATH)
@@ -82,7 +84,7 @@ lint: $(STAMP)
 	mypy
 
 test: lint
-	pytest -q --durations=15 $(PYTEST_ARGS)
+	pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
 ui: $(STAMP)
 	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)  (store: $(MLFLOW_TRACKING_URI))"

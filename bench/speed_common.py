@@ -63,7 +63,8 @@ def measure(step, steps, profile=False, profile_steps=2):
         step()
         times.append(time.perf_counter() - t0)
     peak = status_kb("VmHWM")
-    with FlopCounterMode(display=False) as counter:
+    from flop_formulas import custom_flop_formulas
+    with FlopCounterMode(display=False, custom_mapping=custom_flop_formulas()) as counter:
         step()
     table = ""
     if profile:

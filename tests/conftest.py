@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+
+def _threads_per_test_process() -> int | None:
+    """Under pytest-xdist, each worker's equal share of the cores (at least one): two workers with
+    two threads each on two cores spin-wait on each other (several-fold slowdowns measured)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers:
+        return None
+    return max(1, (os.cpu_count() or 1) // int(workers))
+
+
+THREADS = _threads_per_test_process()
+if THREADS is not None:
+    # before torch is imported; the stage processes the end-to-end tests start inherit it
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO_ROOT / "tests" / "data"
@@ -31,11 +47,25 @@ def week_pkl() -> Path:
     return WEEK_DIR / "adj_mx.pkl"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with end-to-end (``slow``) tests first, in collection order otherwise: under
+    ``make test`` (pytest-xdist, one module per work unit, in this order) the long modules start
+    at once on their own workers while the short ones fill the gaps."""
+    slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_modules)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _threads_of_this_worker():
+    if THREADS is not None:
+        import torch
+
+        torch.set_num_threads(THREADS)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_tracking(tmp_path_factory: pytest.TempPathFactory):
     """Tests never write into the project's own MLflow store."""
-    import os
-
     store = tmp_path_factory.mktemp("mlflow")
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlruns.db'}"
@@ -50,8 +80,6 @@ def _isolated_tracking(tmp_path_factory: pytest.TempPathFactory):
 def _no_leaked_mlflow_uri():
     """MLflow keeps the URI of ``mlflow.set_tracking_uri`` in a module global that outlives the
     test's environment: restore it, so a later test's clients read its own MLFLOW_TRACKING_URI."""
-    import os
-
     from mlflow.tracking._tracking_service import utils
 
     before, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")

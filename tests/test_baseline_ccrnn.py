@@ -232,7 +232,7 @@ def test_overfits_eight_fixed_windows(demand):
         loss = _loss(model, batch.x, batch, demand.scaler)
         if initial is None:
             initial = float(loss.detach())
-        elif float(loss) < 0.3 * initial:
+        elif float(loss.detach()) < 0.3 * initial:
             break
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

@@ -12,7 +12,7 @@ from gptst.data.scaler import StandardScaler
 from gptst.graph.bundle import GraphBundle
 from gptst.metrics import masked_mae
 from gptst.models.baselines.registry import baseline_spec, build_baseline, parameter_count
-from gptst.models.baselines.stwa import StwaConfig, window_counts
+from gptst.models.baselines.stwa import SpatialAttention, StwaConfig, TemporalAttention, window_counts
 
 from .baseline_checks import (
     assert_dropout_only_in_training,
@@ -104,6 +104,31 @@ def test_uses_no_graph_and_attends_over_every_node(week):
     out[:, :, 0].sum().backward()
     assert inputs.grad is not None
     assert (inputs.grad.abs().sum(dim=(0, 1, 3)) > 0).all()
+
+
+def test_both_attentions_are_softmax_of_scaled_products_per_head():
+    """Temporal: per node and head, the proxies over the window's steps; spatial: per step and
+    head, every node over all nodes; scores q k^T / sqrt(head width), keys and values projected
+    with the generated per-node parameters (float64, against the formula written out)."""
+    torch.manual_seed(3)
+    b, p, s, n, c, heads = 2, 3, 5, 7, 8, 4
+    h = c // heads
+    params = [(torch.randn(b, n, c, c, dtype=torch.float64), torch.randn(b, n, c, dtype=torch.float64)) for _ in "kv"]
+
+    def projected(x, i):
+        return (torch.einsum("btnc,bncd->btnd", x, params[i][0]) + params[i][1][:, None]).unflatten(-1, (heads, h))
+
+    query = torch.randn(b, p, n, c, dtype=torch.float64)
+    memory = torch.randn(b, s, n, c, dtype=torch.float64)
+    temporal = TemporalAttention(c, heads).double()
+    scores = torch.einsum("bpnkh,bsnkh->bnkps", query.unflatten(-1, (heads, h)), projected(memory, 0)) / h**0.5
+    expected = torch.einsum("bnkps,bsnkh->bpnkh", scores.softmax(-1), projected(memory, 1)).flatten(-2)
+    torch.testing.assert_close(temporal(query, memory, params), temporal.out(expected))
+
+    spatial = SpatialAttention(c, heads).double()
+    scores = torch.einsum("bpnkh,bpmkh->bpknm", query.unflatten(-1, (heads, h)), projected(query, 0)) / h**0.5
+    expected = torch.einsum("bpknm,bpmkh->bpnkh", scores.softmax(-1), projected(query, 1)).flatten(-2)
+    torch.testing.assert_close(spatial(query, params), spatial.out(expected))
 
 
 def test_latents_are_sampled_in_training_and_means_at_evaluation(week):

@@ -85,7 +85,6 @@ def test_a_few_hundred_steps_reconstruct_better_than_each_nodes_training_mean(se
     """Validation: a uniform random mask at ratio 0.25 drawn once from seed + 1 (the spec's
     checkpoint-selection mask); the baseline predicts each node's training-split mean."""
     week, splits, scaler, batcher = setup
-    torch.set_num_threads(2)
     net, masker, objective, pre = build(scaler, len(week.node_ids), seed=0)
     generator = torch.Generator().manual_seed(1)
     steps, batch_size = 200, 8

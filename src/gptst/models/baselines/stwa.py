@@ -49,6 +49,7 @@ import math
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
@@ -119,12 +120,15 @@ class TemporalAttention(nn.Module):
     def forward(
         self, query: torch.Tensor, memory: torch.Tensor, params: list[tuple[torch.Tensor, torch.Tensor]]
     ) -> torch.Tensor:
-        q = query.unflatten(-1, (self.heads, -1))  # [B, P, N, K, h]
-        k = project(memory, params[0]).unflatten(-1, (self.heads, -1))
-        v = project(memory, params[1]).unflatten(-1, (self.heads, -1))
-        scores = torch.einsum("bpnkh,bsnkh->bnkps", q, k) / math.sqrt(q.shape[-1])
-        out = torch.einsum("bnkps,bsnkh->bpnkh", scores.softmax(dim=-1), v)
-        return self.out(out.flatten(-2))
+        batch, nodes = query.shape[0], query.shape[2]
+
+        # [B, T, N, K * h] -> [B * N, K, T, h]: attention over the steps of each node and head
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.unflatten(-1, (self.heads, -1)).permute(0, 2, 3, 1, 4).flatten(0, 1)
+
+        q, k, v = heads(query), heads(project(memory, params[0])), heads(project(memory, params[1]))
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(h)) v: [B * N, K, P, h]
+        return self.out(out.unflatten(0, (batch, nodes)).permute(0, 3, 1, 2, 4).flatten(-2))
 
 
 class SpatialAttention(nn.Module):
@@ -137,12 +141,16 @@ class SpatialAttention(nn.Module):
         self.out = nn.Sequential(nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, channels))
 
     def forward(self, x: torch.Tensor, params: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        q = x.unflatten(-1, (self.heads, -1))  # [B, P, N, K, h]
-        k = project(x, params[0]).unflatten(-1, (self.heads, -1))
-        v = project(x, params[1]).unflatten(-1, (self.heads, -1))
-        scores = torch.einsum("bpnkh,bpmkh->bpknm", q, k) / math.sqrt(q.shape[-1])
-        out = torch.einsum("bpknm,bpmkh->bpnkh", scores.softmax(dim=-1), v)
-        return self.out(out.flatten(-2))
+        # Attention over the nodes of each step and head, in the fused kernel: it does not keep
+        # the [N, N] scores of every step and head for the backward pass.
+        batch, steps = x.shape[:2]
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # [B, P, N, K * h] -> [B * P, K, N, h]
+            return t.unflatten(-1, (self.heads, -1)).transpose(2, 3).flatten(0, 1)
+
+        q, k, v = heads(x), heads(project(x, params[0])), heads(project(x, params[1]))
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(h)) v: [B * P, K, N, h]
+        return self.out(out.unflatten(0, (batch, steps)).transpose(2, 3).flatten(-2))
 
 
 class WindowLayer(nn.Module):

@@ -103,18 +103,27 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Clone:
         null_value=None,
         split={"train": 0.6, "val": 0.2, "test": 0.2},
     )
-    # A demand-only baseline with a derived graph (ST-MGCN: correlation) beside T-GCN.
-    params["finetune"]["baselines"] = list(NYC_BASELINES)
+    # Ingest to promote, by params only: the two channels through the fusion, on the fly.
+    # T-GCN first (it reads no derived graph), then a demand-only baseline with a derived graph
+    # (ST-MGCN: correlation) is added to the list.
+    params["finetune"]["baselines"] = [b for b in NYC_BASELINES if b != "stmgcn"]
     params["finetune"]["encoder_cache_max_gb"] = 0.001  # the on-the-fly path: no cache written
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    # Ingest to promote, by params only: the two channels through the fusion, on the fly.
     c.dvc("repro", name="nyc")
+    c.nyc_versions_before_stmgcn = c.model_versions()  # type: ignore[attr-defined]
+    c.edit_params(finetune={"baselines": list(NYC_BASELINES)})
+    c.dvc("repro", name="nyc_stmgcn_added")
     return c
+
+
+def finetune_items(baseline: str) -> list[str]:
+    """The four finetune items of a baseline, as DVC names them."""
+    return [f"{'finetune_gptst' if v.startswith('gptst') else 'finetune'}@{baseline}-{v}" for v in VARIANTS]
 
 
 def items_of_first_baseline() -> list[str]:
     """The four finetune items of the first baseline, as DVC names them."""
-    return [f"{'finetune_gptst' if v.startswith('gptst') else 'finetune'}@{BASELINES[0]}-{v}" for v in VARIANTS]
+    return finetune_items(BASELINES[0])
 
 
 def _weights(path):
@@ -278,10 +287,8 @@ def test_a_failed_stage_names_the_command_that_restores_its_previous_outputs(clo
 
 
 def test_the_nyc_bike_grid_runs_from_ingest_to_promote_by_editing_params_only(clone: Clone):
-    out = clone.logs["nyc"].stdout
-    items = [
-        f"{'finetune_gptst' if v.startswith('gptst') else 'finetune'}@{b}-{v}" for b in NYC_BASELINES for v in VARIANTS
-    ]
+    out = clone.logs["nyc"].stdout + clone.logs["nyc_stmgcn_added"].stdout
+    items = [item for b in NYC_BASELINES for item in finetune_items(b)]
     for stage in ("ingest", "adjacency", "validate", "pretrain", "encode", *items, "evaluate", "promote"):
         assert f"Running stage '{stage}'" in out
     with np.load(clone.root / "data/processed/nycbike-grid/adjacency.npz") as npz:
@@ -310,6 +317,24 @@ def test_the_nyc_bike_grid_runs_from_ingest_to_promote_by_editing_params_only(cl
     assert bundle.channels == ["inflow", "outflow"] and bundle.forecaster.encoder is not None
     metrics = json.loads((clone.root / "reports/nycbike-grid/finetune/tgcn/gptst/metrics.json").read_text())
     assert metrics["dataset"] == "nycbike-grid" and metrics["horizons"]["avg"]["mae"] > 0
+
+
+def test_adding_a_baseline_that_needs_a_derived_graph_retrains_and_registers_nothing_else(clone: Clone):
+    """ST-MGCN added to the list: adjacency.npz gains its correlation graph, so DVC re-runs T-GCN's
+    items too, but each resumes its finished checkpoint (its identity covers only the graphs it
+    reads) and no new T-GCN version is registered; nothing upstream of the graph re-runs."""
+    out = clone.logs["nyc_stmgcn_added"].stdout
+    assert "Running stage 'adjacency'" in out
+    for stage in ("ingest", "pretrain", "encode"):
+        assert f"Running stage '{stage}'" not in out
+    for item in finetune_items("stmgcn"):
+        assert f"Running stage '{item}'" in out
+    for item in finetune_items("tgcn"):
+        assert f"Running stage '{item}'" in out
+    assert out.count("resuming") >= len(VARIANTS) and "input.adjacency differs" not in out
+    before = clone.nyc_versions_before_stmgcn  # type: ignore[attr-defined]
+    new = set(clone.model_versions()) - set(before)
+    assert {name for name, _ in new} == {"stmgcn-nycbike-grid"} and len(new) == len(VARIANTS)
 
 
 # ------------------------------------------------------------------ the MLflow UI in a browser

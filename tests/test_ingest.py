@@ -200,6 +200,51 @@ def test_duplicated_sensor_ids_are_refused(tmp_path: Path):
         ingest(speed(), path, tmp_path / "s.parquet", tmp_path / "m.json")
 
 
+def test_node_ids_stored_in_an_npz_name_the_nodes_so_an_edge_list_by_sensor_id_matches(tmp_path: Path):
+    """The PEMS-BAY distances (real, keyed by sensor id) and a series with synthetic values over
+    those 325 sensors, in an npz that carries their ids (integers, as in the CSV) under
+    ``dataset.node_ids_key``: the ids reach the series and the graph is built by id. Without them
+    the nodes are 0..N-1 and the same edge list is refused, naming the mismatch."""
+    from gptst.graph.adjacency import build_adjacency
+    from gptst.params import GraphParams
+
+    edges = TEST_DATA / "pems-bay/distances_bay_2017.csv"
+    sensors = pd.read_csv(edges, header=None)[0].unique()[::-1]  # any order: the graph follows the series
+    values = np.random.default_rng(0).uniform(20, 70, (24, len(sensors))).astype(np.float32)
+    params = speed(start="2017-01-01 00:00", freq="5min")
+    np.savez(tmp_path / "with_ids.npz", data=values, node_ids=sensors)
+    ingest(params, tmp_path / "with_ids.npz", tmp_path / "s.parquet", tmp_path / "m.json")
+    series = load_series(tmp_path / "s.parquet")
+    assert series.node_ids == [str(s) for s in sensors]
+    adj, ids = build_adjacency(edges, series.node_ids, GraphParams())
+    assert ids == series.node_ids and adj.shape == (325, 325)
+    assert np.count_nonzero(adj) > 325  # sensors linked to others, by id
+
+    np.savez(tmp_path / "without_ids.npz", data=values)
+    ingest(params, tmp_path / "without_ids.npz", tmp_path / "s.parquet", tmp_path / "m.json")
+    series = load_series(tmp_path / "s.parquet")
+    assert series.node_ids == [str(i) for i in range(325)]
+    with pytest.raises(InputError, match="ids match a series node id"):
+        build_adjacency(edges, series.node_ids, GraphParams())
+
+
+@pytest.mark.parametrize(
+    ("ids", "problem"),
+    [
+        (np.array(["a", "b", "c"]), "has 3 ids for the series' 4 nodes"),
+        (np.array([["a", "b"], ["c", "d"]]), "expected one string or integer id per node"),
+        (np.array([0.5, 1.5, 2.5, 3.5]), "expected one string or integer id per node"),
+        (np.array(["a", {}, "c", "d"], dtype=object), "holds Python objects"),
+    ],
+    ids=["count", "shape", "float", "pickled"],
+)
+def test_bad_node_ids_in_an_npz_name_the_file_and_key(tmp_path: Path, ids, problem):
+    np.savez(tmp_path / "x.npz", data=np.zeros((10, 4), np.float32), sensors=ids)
+    with pytest.raises(InputError, match="npz key 'sensors'") as err:
+        read_raw_series(tmp_path / "x.npz", node_ids_key="sensors")
+    assert problem in str(err.value) and "x.npz" in str(err.value)
+
+
 def test_a_pickled_object_array_in_an_npz_is_never_unpickled(tmp_path: Path):
     np.savez(tmp_path / "evil.npz", data=np.array([object(), 1], dtype=object))
     with pytest.raises(InputError, match="holds Python objects"):

@@ -65,8 +65,7 @@ def _dataset_axes(params: Params, params_file: str | Path = "params.yaml") -> tu
 def _dataset_series(params: Params, params_file: str | Path = "params.yaml") -> SeriesData:
     """The dataset's series: the ingested one when the ingest stage has run, else the raw series
     read as the ingest stage reads it."""
-    from gptst.data.ingest import to_series
-    from gptst.data.readers import read_raw_series
+    from gptst.data.ingest import read_source, to_series
     from gptst.data.series import load_series
 
     series = processed_dir(params.root, params.dataset.name) / "series.parquet"
@@ -74,15 +73,7 @@ def _dataset_series(params: Params, params_file: str | Path = "params.yaml") -> 
         return load_series(series)
     dataset = params.dataset
     source = params.path(dataset.series)
-    raw = read_raw_series(
-        source,
-        h5_key=dataset.h5_key,
-        npz_key=dataset.npz_key,
-        timestamps_key=dataset.timestamps_key,
-        timestamp_column=dataset.timestamp_column,
-        channels=dataset.channels,
-    )
-    return to_series(raw, dataset, source, params_file=str(params_file))
+    return to_series(read_source(dataset, source), dataset, source, params_file=str(params_file))
 
 
 def _with_derived_graphs(params: Params, graph: GraphBundle, names: list[str], params_file: str | Path) -> GraphBundle:

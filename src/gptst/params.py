@@ -74,6 +74,9 @@ class DatasetParams(_Section):
     h5_key: str = "df"
     npz_key: str = "data"
     timestamps_key: str = "timestamps"
+    node_ids_key: str = Field(
+        "node_ids", description="npz: optional key with the node (sensor) ids, one per column of the series"
+    )
     timestamp_column: str | None = Field(
         "auto", description="CSV: the timestamp column; 'auto' detects one; null means the file has none"
     )

@@ -40,6 +40,19 @@ def infer_freq(timestamps: pd.DatetimeIndex) -> str:
     return pd.tseries.frequencies.to_offset(step).freqstr
 
 
+def read_source(dataset: DatasetParams, source: Path) -> RawSeries:
+    """The raw file ``source`` read with the keys, columns and channels ``dataset`` names."""
+    return read_raw_series(
+        source,
+        h5_key=dataset.h5_key,
+        npz_key=dataset.npz_key,
+        timestamps_key=dataset.timestamps_key,
+        node_ids_key=dataset.node_ids_key,
+        timestamp_column=dataset.timestamp_column,
+        channels=dataset.channels,
+    )
+
+
 def to_series(raw: RawSeries, dataset: DatasetParams, source: Path, params_file: str = "params.yaml") -> SeriesData:
     """Give a raw read its canonical axes: timestamps, string node ids, channel names."""
     T, N, C = raw.values.shape
@@ -106,15 +119,7 @@ def ingest(dataset: DatasetParams, source: Path, series_path: Path, meta_path: P
     Everything is read and checked before anything is written, so bad input leaves earlier
     outputs intact; each output is written atomically.
     """
-    raw = read_raw_series(
-        source,
-        h5_key=dataset.h5_key,
-        npz_key=dataset.npz_key,
-        timestamps_key=dataset.timestamps_key,
-        timestamp_column=dataset.timestamp_column,
-        channels=dataset.channels,
-    )
-    data = to_series(raw, dataset, source)
+    data = to_series(read_source(dataset, source), dataset, source)
     stats = channel_statistics(data)
     T, N, C = data.values.shape
     meta = {

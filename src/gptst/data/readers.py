@@ -166,9 +166,14 @@ def _attr_str(obj: h5py.HLObject, name: str) -> str:
 
 # -------------------------------------------------------------------------------------- npz
 def read_npz(
-    path: Path, key: str = "data", timestamps_key: str = "timestamps", channels: list[int] | None = None
+    path: Path,
+    key: str = "data",
+    timestamps_key: str = "timestamps",
+    channels: list[int] | None = None,
+    node_ids_key: str = "node_ids",
 ) -> RawSeries:
-    """Read ``key`` ([T, N] or [T, N, C]) from an npz, in row chunks, plus optional timestamps."""
+    """Read ``key`` ([T, N] or [T, N, C]) from an npz, in row chunks, plus optional timestamps and
+    node ids (strings or integers, one per node; without them the nodes are 0..N-1)."""
     _require_file(path)
     try:
         archive = zipfile.ZipFile(path)
@@ -188,6 +193,10 @@ def read_npz(
                 with archive.open(members[timestamps_key]) as fh:
                     stamps = np.lib.format.read_array(fh, allow_pickle=False)
                 timestamps = _parse_timestamps(path, f"npz key '{timestamps_key}'", stamps)
+            node_ids = None
+            if node_ids_key in members:
+                with archive.open(members[node_ids_key]) as fh:
+                    node_ids = _read_node_ids(path, node_ids_key, fh, values.shape[1])
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
             if isinstance(err, InputError):
                 raise
@@ -196,7 +205,26 @@ def read_npz(
         raise InputError(
             path, f"npz key '{timestamps_key}'", f"has {len(timestamps)} entries for {values.shape[0]} steps"
         )
-    return RawSeries(values=values, timestamps=timestamps, node_ids=None)
+    return RawSeries(values=values, timestamps=timestamps, node_ids=node_ids)
+
+
+def _read_node_ids(path: Path, key: str, fh: IO[bytes], n_nodes: int) -> list[str]:
+    field = f"npz key '{key}'"
+    try:
+        ids = np.lib.format.read_array(fh, allow_pickle=False)
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise InputError(path, field, "holds Python objects; only string or integer ids are read") from None
+        raise
+    if ids.ndim != 1 or ids.dtype.kind not in "USiu":
+        raise InputError(
+            path,
+            field,
+            f"is a {ids.dtype} array of shape {list(ids.shape)}; expected one string or integer id per node",
+        )
+    if len(ids) != n_nodes:
+        raise InputError(path, field, f"has {len(ids)} ids for the series' {n_nodes} nodes")
+    return canonical_ids(ids.tolist())
 
 
 def _read_npy_rows(path: Path, key: str, fh: IO[bytes], channels: list[int] | None) -> np.ndarray:
@@ -335,13 +363,14 @@ def read_raw_series(
     timestamps_key: str = "timestamps",
     timestamp_column: str | None = "auto",
     channels: list[int] | None = None,
+    node_ids_key: str = "node_ids",
 ) -> RawSeries:
     """Read a raw series file, choosing the reader by suffix (.h5/.hdf5, .npz, .csv)."""
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5", ".hdf"):
         return read_h5(path, h5_key, channels)
     if suffix == ".npz":
-        return read_npz(path, npz_key, timestamps_key, channels)
+        return read_npz(path, npz_key, timestamps_key, channels, node_ids_key)
     if suffix == ".csv":
         raw = read_csv(path, timestamp_column)
         if channels not in (None, [0]):

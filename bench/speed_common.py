@@ -151,15 +151,13 @@ def with_derived_graphs(series, graph, baselines=()):
     return GraphBundle(adj=graph.adj, node_ids=graph.node_ids, extras=extras)
 
 
-def tiled(series, graph, nodes: int, seed: int = 0, baselines=()):
+def tiled_series(series, nodes: int, seed: int = 0):
     """SYNTHETIC scale data: the real week's sensors copied side by side up to ``nodes`` sensors,
-    each copy with its own N(0, 1) noise on the readings (missing ones stay missing), and the
-    graph block-diagonal (each copy keeps its own road graph)."""
+    each copy with its own N(0, 1) noise on the readings (missing ones stay missing); copy 0 is
+    the real week."""
     import dataclasses
 
     import numpy as np
-
-    from gptst.graph.bundle import GraphBundle
 
     n = len(series.node_ids)
     copies = -(-nodes // n)
@@ -167,15 +165,26 @@ def tiled(series, graph, nodes: int, seed: int = 0, baselines=()):
     values = np.concatenate([series.values] * copies, axis=1)[:, :nodes]
     missing = np.concatenate([series.missing_mask()] * copies, axis=1)[:, :nodes]
     noisy = values + rng.normal(0.0, 1.0, size=values.shape).astype(np.float32)
-    noisy[:, :n] = series.values[:, :n]  # copy 0 is the real week
+    noisy[:, :n] = series.values[:, :n]
     noisy[missing] = values[missing]
     ids = [f"{node}#{k}" for k in range(copies) for node in series.node_ids][:nodes]
+    return dataclasses.replace(series, values=noisy, node_ids=ids)
+
+
+def tiled(series, graph, nodes: int, seed: int = 0, baselines=()):
+    """:func:`tiled_series` and its graph: block-diagonal, each copy keeping its own road graph,
+    with the derived graphs ``baselines`` need."""
+    import numpy as np
+
+    from gptst.graph.bundle import GraphBundle
+
+    scaled = tiled_series(series, nodes, seed)
+    n = len(series.node_ids)
     adj = np.zeros((nodes, nodes), dtype=np.float32)
-    for k in range(copies):
-        lo, hi = k * n, min((k + 1) * n, nodes)
+    for lo in range(0, nodes, n):
+        hi = min(lo + n, nodes)
         adj[lo:hi, lo:hi] = graph.adj[: hi - lo, : hi - lo]
-    scaled = dataclasses.replace(series, values=noisy, node_ids=ids)
-    return scaled, with_derived_graphs(scaled, GraphBundle(adj=adj, node_ids=ids), baselines)
+    return scaled, with_derived_graphs(scaled, GraphBundle(adj=adj, node_ids=scaled.node_ids), baselines)
 
 
 def pretrain_trainer(params, series, batch_size: int, device: str, workdir: Path):
@@ -217,10 +226,13 @@ def pretrain_trainer(params, series, batch_size: int, device: str, workdir: Path
     return trainer, batch, min(pre.change_epoch + 50, pre.epochs)
 
 
-def finetune_trainer(params, series, graph, baseline: str, variant: str, batch_size: int, device: str, workdir: Path):
+def finetune_trainer(
+    params, series, graph, baseline: str, variant: str, batch_size: int, device: str, workdir: Path, on_the_fly=False
+):
     """The finetune stage's trainer for one baseline and variant, and a batch of the first
     ``batch_size`` training windows; a gptst variant reads those windows from an fp16 encode
-    cache (as finetune does) of an untrained encoder of ``pretrain.model``'s sizes."""
+    cache (as finetune does) of an untrained encoder of ``pretrain.model``'s sizes, or with
+    ``on_the_fly`` runs that encoder on every batch (finetune's path above the cache's cap)."""
     from gptst.models.encoded import EncodedCache, write_encoded
     from gptst.models.gptst.bundle import EncoderBundle
     from gptst.training.finetune import (
@@ -251,9 +263,10 @@ def finetune_trainer(params, series, graph, baseline: str, variant: str, batch_s
             source="bench",
         )
         folder = workdir / f"encoded-{len(series.node_ids)}"
-        if not (folder / "index.json").is_file():
-            write_encoded(folder, bundle, data.batcher, starts, encoder_sha256="bench", max_gb=1e3, device=device)
-        cache = EncodedCache.open(folder, "bench")
+        if not on_the_fly:
+            if not (folder / "index.json").is_file():
+                write_encoded(folder, bundle, data.batcher, starts, encoder_sha256="bench", max_gb=1e3, device=device)
+            cache = EncodedCache.open(folder, "bench")
     forecaster = build_forecaster(params, data, baseline, variant, encoder).to(device)
     common = params.finetune.common
     trainer = Trainer(

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from gptst.errors import InputError
+from gptst.graph.bundle import GraphBundle
 from gptst.metrics import horizon_metrics, write_metrics_json
 from gptst.models.encoded import EncodedCache, write_encoded
 from gptst.models.forecaster_bundle import load_forecaster, save_forecaster_bundle
@@ -176,6 +177,20 @@ def test_the_forecaster_bundle_forecasts_alone(trained, data, params, series, tm
         _, pred = predict_windows(loaded.forecaster, data, data.splits.test, 64, keep=True)
         np.testing.assert_allclose(pred, result.test_pred, rtol=1e-5, atol=1e-4)
         assert score_forecaster(loaded, params, series) == pytest.approx(result.val["avg"]["mae"], rel=1e-5)
+
+
+def test_a_bundle_keeps_only_the_graphs_its_baseline_reads(trained, data, params, series, tmp_path):
+    """Another baseline's graph in the adjacency file (ST-MGCN's correlation) leaves T-GCN's bundle
+    byte for byte the same, so its registered version does not change when a baseline is added."""
+    result, _ = trained["plain"]
+    alone = save_tgcn(tmp_path / "alone.pt", result, data, params, series)
+    n = data.graph.num_nodes
+    extra = GraphBundle(
+        adj=data.graph.adj, node_ids=data.graph.node_ids, extras={"correlation": np.eye(n, dtype=np.float32)}
+    )
+    beside = save_tgcn(tmp_path / "beside.pt", result, replace(data, graph=extra), params, series)
+    assert beside.read_bytes() == alone.read_bytes()
+    assert set(torch.load(beside, weights_only=True)["tensors"]) == {"graph.adj"}
 
 
 def test_a_tampered_bundle_is_an_input_error_naming_the_field(trained, data, params, series, tmp_path):

@@ -39,6 +39,10 @@ class GraphBundle:
         """:func:`graph_checksum` of ``adj`` and ``node_ids``."""
         return graph_checksum(self.adj, self.node_ids)
 
+    def restricted(self, extras: Sequence[str]) -> GraphBundle:
+        """The road graph with only the extra arrays ``extras`` (what one model reads)."""
+        return GraphBundle(adj=self.adj, node_ids=self.node_ids, extras={k: self.extras[k] for k in extras})
+
     def digest(self, extras: Sequence[str] = ()) -> str:
         """sha256 of :meth:`checksum` and the extra arrays ``extras`` (name, shape, dtype, bytes):
         what a model reading those graphs depends on, and nothing else of the file."""

@@ -100,7 +100,10 @@ def save_forecaster_bundle(
     dataset: str,
     meta: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``forecaster`` and its contracts to ``path`` atomically and deterministically."""
+    """Write ``forecaster`` and its contracts to ``path`` atomically and deterministically. Of
+    ``graph``'s extra arrays it keeps the ones ``baseline`` reads, so the bytes (and the registered
+    version) do not change when the adjacency file gains another baseline's graph."""
+    graph = graph.restricted(baseline_spec(baseline).graphs)
     encoder = forecaster.encoder
     plain = {
         "baseline": baseline,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,6 +87,30 @@ def variant_inputs(week: SeriesData, x: torch.Tensor, in_dim: int) -> torch.Tens
     projection = torch.randn(1, in_dim, generator=generator)
     offset = torch.randn(in_dim, generator=generator)
     return torch.tanh(x * projection + offset)
+
+
+def seeded_baseline(
+    name: str,
+    graph: GraphBundle,
+    params: Any = None,
+    *,
+    in_dim: int = 1,
+    out_dim: int = 1,
+    in_steps: int = 12,
+    out_steps: int = 12,
+) -> nn.Module:
+    """Baseline ``name`` on ``graph``'s nodes, its initial weights drawn from seed 0."""
+    torch.manual_seed(0)
+    return build_baseline(
+        name,
+        num_nodes=graph.num_nodes,
+        in_dim=in_dim,
+        out_dim=out_dim,
+        in_steps=in_steps,
+        out_steps=out_steps,
+        graph=graph,
+        params=params,
+    )
 
 
 def assert_forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scaler: StandardScaler) -> None:

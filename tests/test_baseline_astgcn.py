@@ -16,6 +16,7 @@ from .baseline_checks import (
     assert_forward_backward,
     assert_overfits,
     assert_reference_parameter_count,
+    seeded_baseline,
     variant_inputs,
     week_graph,
     week_windows,
@@ -29,16 +30,8 @@ SMALL = AstgcnConfig(chev_filters=16, time_filters=16)
 
 
 def _build(week, params: AstgcnConfig = SMALL, *, in_dim: int = 1, in_steps: int = 12, out_steps: int = 12):
-    torch.manual_seed(0)
-    return build_baseline(
-        "astgcn",
-        num_nodes=NODES,
-        in_dim=in_dim,
-        out_dim=1,
-        in_steps=in_steps,
-        out_steps=out_steps,
-        graph=week_graph(week, nodes=NODES),
-        params=params,
+    return seeded_baseline(
+        "astgcn", week_graph(week, nodes=NODES), params, in_dim=in_dim, in_steps=in_steps, out_steps=out_steps
     )
 
 

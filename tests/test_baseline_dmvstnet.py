@@ -3,133 +3,45 @@ cells, hourly inflow/outflow): spatial view (one hop over the grid graph), tempo
 LSTM over the spatial features), semantic view (node-specific weights from an embedding of the
 DTW similarity graph), a per-step output layer and a learned map from input to output steps.
 
-The shared checks of baseline_checks.py read METR-LA speeds (one channel, zeros missing); the
-helpers here do the same checks on demand windows: two channels, zeros are real counts, so the
-loss masks nothing (the dataset's null value is None)."""
+The BASELINES.md checks run on demand windows (demand_checks.py: two channels, zeros are real
+counts, so the loss masks nothing)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from gptst.data.calendar import calendar_features
-from gptst.data.scaler import StandardScaler
-from gptst.data.series import SeriesData
-from gptst.graph.adjacency import build_adjacency
 from gptst.graph.bundle import GraphBundle
-from gptst.graph.derived import build_derived_graphs, derived_graph_inputs
 from gptst.graph.normalize import normalized_adjacency
-from gptst.metrics import masked_mae
 from gptst.models.baselines.dmvstnet import DMVSTNet, DmvstnetConfig, aligned_steps, spectral_embedding
 from gptst.models.baselines.registry import baseline_spec, build_baseline, check_applies, parameter_count
-from gptst.params import DerivedGraphParams, GraphParams
 
-from .baseline_checks import assert_dropout_only_in_training
-from .conftest import TEST_DATA
+from .baseline_checks import assert_dropout_only_in_training, seeded_baseline
+from .demand_checks import (
+    assert_demand_forward_backward,
+    assert_demand_overfits,
+    bike_graph,
+    bike_windows,
+    demand_inputs,
+    grid_graph,
+)
 
 NODES = 128  # the whole 16 x 8 grid
 # The GPT-ST repository's DMVSTNet at its NYC_BIKE conf (N = 250, hidden 64, embedding 16, out 2),
 # counted by building their class: input dim 64 / 2.
 GPTST_REPO_COUNTS = (231_138, 219_234)
 SMALL = DmvstnetConfig(hidden=16, lstm_hidden=32, embed_dim=8)  # the reference's 64 / 128 / 16, narrowed
-DAYTIME = 8  # the series starts at 23:00: window 0 starts at 07:00
-
-
-# ------------------------------------------------------------------------------ demand helpers
-def bike_graph(bike: SeriesData) -> GraphBundle:
-    """The grid graph with the derived similarity graph built from the training split (70%)."""
-    adj, ids = build_adjacency(TEST_DATA / "nycbike-grid" / "adj_mx.npz", bike.node_ids, GraphParams())
-    train = range(0, int(0.7 * len(bike.values)))
-    extras, _ = build_derived_graphs(["similarity"], derived_graph_inputs(adj, bike, train, DerivedGraphParams()))
-    return GraphBundle(adj=adj, node_ids=ids, extras=extras)
-
-
-def bike_windows(
-    bike: SeriesData, *, windows: int = 8, t_in: int = 12, t_out: int = 12, first: int = DAYTIME
-) -> tuple[torch.Tensor, torch.Tensor, StandardScaler]:
-    """``windows`` real windows 6 hours apart: x normalised [W, t_in, N, 2], y raw counts."""
-    values = bike.values
-    scaler = StandardScaler.fit(values[: int(0.7 * len(values))], null_value=bike.null_value)
-    starts = first + np.arange(windows) * 6
-    x = np.stack([values[s : s + t_in] for s in starts])
-    y = np.stack([values[s + t_in : s + t_in + t_out] for s in starts])
-    return torch.from_numpy(scaler.transform(x)).float(), torch.from_numpy(y).float(), scaler
-
-
-def demand_inputs(bike: SeriesData, x: torch.Tensor, in_dim: int, first: int = DAYTIME) -> torch.Tensor:
-    """A variant's input for ``bike_windows``' windows: the 2 channels (plain), + the 4 real
-    calendar channels (6: calendar), or ``in_dim`` channels derived from the signal (gptst)."""
-    if in_dim == 2:
-        return x
-    windows, steps, nodes, _ = x.shape
-    if in_dim == 6:
-        starts = first + np.arange(windows) * 6
-        cal = calendar_features(bike.timestamps)
-        cal_x = torch.from_numpy(np.stack([cal[s : s + steps] for s in starts]))
-        return torch.cat([x, cal_x[:, :, None, :].expand(windows, steps, nodes, 4)], dim=-1)
-    generator = torch.Generator().manual_seed(1)
-    projection = torch.randn(2, in_dim, generator=generator)
-    offset = torch.randn(in_dim, generator=generator)
-    return torch.tanh(x @ projection + offset)
-
-
-def demand_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scaler: StandardScaler) -> torch.Tensor:
-    """MAE on de-normalised forecasts over every cell (a zero count is a reading, not a gap)."""
-    return masked_mae(scaler.inverse_transform(model(x)), y, None)
-
-
-def assert_demand_forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scaler: StandardScaler) -> None:
-    """Output shaped like the target, finite, and a non-zero gradient for every parameter."""
-    model.train()
-    out = model(x)
-    assert out.shape == y.shape, f"output {tuple(out.shape)} != target {tuple(y.shape)}"
-    assert torch.isfinite(out).all()
-    masked_mae(scaler.inverse_transform(out), y, None).backward()
-    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert dead == [], f"parameters without gradient: {dead}"
-
-
-def assert_demand_overfits(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, scaler: StandardScaler, *, lr: float, steps: int = 300
-) -> int:
-    """Adam (gradients clipped at 5, as the trainer) until the loss is below 30% of its initial
-    value; returns the steps taken."""
-    torch.manual_seed(0)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    with torch.no_grad():
-        initial = float(demand_loss(model, x, y, scaler))
-    for step in range(1, steps + 1):
-        optimiser.zero_grad()
-        loss = demand_loss(model, x, y, scaler)
-        if loss.item() < 0.3 * initial:
-            return step
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimiser.step()
-    raise AssertionError(f"loss {loss.item():.3f} still above 0.3 x initial {initial:.3f} after {steps} steps")
 
 
 # ------------------------------------------------------------------------------------- tests
 @pytest.fixture(scope="module")
 def graph(bike) -> GraphBundle:
-    return bike_graph(bike)
+    return bike_graph(bike, ["similarity"])
 
 
 def _build(graph, params: DmvstnetConfig = SMALL, *, in_dim: int = 2, in_steps: int = 12, out_steps: int = 12):
-    torch.manual_seed(0)
-    return build_baseline(
-        "dmvstnet",
-        num_nodes=NODES,
-        in_dim=in_dim,
-        out_dim=2,
-        in_steps=in_steps,
-        out_steps=out_steps,
-        graph=graph,
-        params=params,
-    )
+    return seeded_baseline("dmvstnet", graph, params, in_dim=in_dim, in_steps=in_steps, out_steps=out_steps, out_dim=2)
 
 
 @pytest.mark.parametrize("in_dim", [2, 6, 64], ids=["plain", "calendar", "gptst"])
@@ -220,23 +132,12 @@ def test_overfits_eight_fixed_windows(bike, graph):
     assert_demand_overfits(_build(graph), x, y, scaler, lr=0.01)
 
 
-def _grid_graph(rows: int, cols: int) -> GraphBundle:
-    """A rows x cols grid with 8-neighbourhoods (the NYC grids' layout) and a similarity decaying
-    with distance: only the parameter count is read, which does not depend on the values."""
-    r, c = np.divmod(np.arange(rows * cols), cols)
-    dist = np.hypot(r[:, None] - r[None, :], c[:, None] - c[None, :])
-    adj = ((dist > 0) & (dist < 1.5)).astype(np.float32)
-    graph = GraphBundle(adj=adj, node_ids=[str(i) for i in range(rows * cols)])
-    graph.extras["similarity"] = np.exp(-dist / dist.mean()).astype(np.float32)
-    return graph
-
-
 def test_reference_parameter_count():
     """Default params at the GPT-ST NYC_BIKE conf (N = 250, 12 -> 12, out 2): 218,974 (in 64) and
     207,070 (in 2) against the port's 231,138 and 219,234 (-5.3%, -5.5%): the port's two local
     graph layers that its forward never calls (-8,320) and its N x 16 node-embedding parameter
     (-4,000; here the fixed similarity embedding) are gone; the step map adds 12 x 12 + 12."""
-    graph = _grid_graph(25, 10)
+    graph = grid_graph(25, 10, {"similarity": lambda d: np.exp(-d / d.mean())})
     counts = []
     for in_dim, reference in zip((64, 2), GPTST_REPO_COUNTS, strict=True):
         model = build_baseline(

@@ -21,6 +21,7 @@ from .baseline_checks import (
     assert_forward_backward,
     assert_overfits,
     pems08_graph,
+    seeded_baseline,
     variant_inputs,
     week_graph,
     week_windows,
@@ -52,17 +53,7 @@ def walk_graph(week, nodes: int | None = NODES) -> GraphBundle:
 
 
 def _build(week, params: MsdrConfig = SMALL, *, in_dim: int = 1, in_steps: int = 12, out_steps: int = 12):
-    torch.manual_seed(0)
-    return build_baseline(
-        "msdr",
-        num_nodes=NODES,
-        in_dim=in_dim,
-        out_dim=1,
-        in_steps=in_steps,
-        out_steps=out_steps,
-        graph=walk_graph(week),
-        params=params,
-    )
+    return seeded_baseline("msdr", walk_graph(week), params, in_dim=in_dim, in_steps=in_steps, out_steps=out_steps)
 
 
 @pytest.mark.parametrize("in_dim", [1, 5, 64], ids=["plain", "calendar", "gptst"])

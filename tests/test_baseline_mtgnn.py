@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from gptst.models.baselines.mtgnn import MtgnnConfig
-from gptst.models.baselines.registry import build_baseline
 
 from .baseline_checks import (
     assert_dropout_only_in_training,
     assert_forward_backward,
     assert_overfits,
     assert_reference_parameter_count,
+    seeded_baseline,
     variant_inputs,
     week_graph,
     week_windows,
@@ -28,16 +28,8 @@ SMALL = MtgnnConfig(
 
 
 def _build(week, params: MtgnnConfig = SMALL, *, in_dim: int = 1, in_steps: int = 12, out_steps: int = 12):
-    torch.manual_seed(0)
-    return build_baseline(
-        "mtgnn",
-        num_nodes=NODES,
-        in_dim=in_dim,
-        out_dim=1,
-        in_steps=in_steps,
-        out_steps=out_steps,
-        graph=week_graph(week, nodes=NODES),
-        params=params,
+    return seeded_baseline(
+        "mtgnn", week_graph(week, nodes=NODES), params, in_dim=in_dim, in_steps=in_steps, out_steps=out_steps
     )
 
 

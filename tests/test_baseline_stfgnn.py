@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from gptst.graph.bundle import GraphBundle
-from gptst.models.baselines.registry import baseline_spec, build_baseline
+from gptst.models.baselines.registry import baseline_spec
 from gptst.models.baselines.stfgnn import StfgnnConfig
 
 from .baseline_checks import (
@@ -17,6 +16,7 @@ from .baseline_checks import (
     assert_forward_backward,
     assert_overfits,
     derived_week_graph,
+    seeded_baseline,
     variant_inputs,
     week_windows,
 )
@@ -32,17 +32,7 @@ def graph(week) -> GraphBundle:
 
 
 def _build(graph, params: StfgnnConfig = SMALL, *, in_dim: int = 1, in_steps: int = 12, out_steps: int = 12):
-    torch.manual_seed(0)
-    return build_baseline(
-        "stfgnn",
-        num_nodes=NODES,
-        in_dim=in_dim,
-        out_dim=1,
-        in_steps=in_steps,
-        out_steps=out_steps,
-        graph=graph,
-        params=params,
-    )
+    return seeded_baseline("stfgnn", graph, params, in_dim=in_dim, in_steps=in_steps, out_steps=out_steps)
 
 
 def test_registered_with_the_fusion_graph_and_huber_loss():

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from gptst.graph.normalize import chebyshev_polynomials, scaled_laplacian
-from gptst.models.baselines.registry import build_baseline
 from gptst.models.baselines.stgcn import StgcnConfig
 
 from .baseline_checks import (
@@ -16,6 +15,7 @@ from .baseline_checks import (
     assert_forward_backward,
     assert_overfits,
     assert_reference_parameter_count,
+    seeded_baseline,
     variant_inputs,
     week_graph,
     week_windows,
@@ -29,16 +29,8 @@ SMALL = StgcnConfig(block_channels=[[8, 16], [8, 32]])
 
 
 def _build(week, params: StgcnConfig = SMALL, *, in_dim: int = 1, in_steps: int = 12, out_steps: int = 12):
-    torch.manual_seed(0)
-    return build_baseline(
-        "stgcn",
-        num_nodes=NODES,
-        in_dim=in_dim,
-        out_dim=1,
-        in_steps=in_steps,
-        out_steps=out_steps,
-        graph=week_graph(week, nodes=NODES),
-        params=params,
+    return seeded_baseline(
+        "stgcn", week_graph(week, nodes=NODES), params, in_dim=in_dim, in_steps=in_steps, out_steps=out_steps
     )
 
 

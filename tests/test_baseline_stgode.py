@@ -23,6 +23,7 @@ from .baseline_checks import (
     assert_overfits,
     derived_week_graph,
     pems08_graph,
+    seeded_baseline,
     variant_inputs,
     week_windows,
 )
@@ -44,17 +45,7 @@ def graph(week) -> GraphBundle:
 
 
 def _build(graph, params: StgodeConfig = SMALL, *, in_dim: int = 1, in_steps: int = 12, out_steps: int = 12):
-    torch.manual_seed(0)
-    return build_baseline(
-        "stgode",
-        num_nodes=NODES,
-        in_dim=in_dim,
-        out_dim=1,
-        in_steps=in_steps,
-        out_steps=out_steps,
-        graph=graph,
-        params=params,
-    )
+    return seeded_baseline("stgode", graph, params, in_dim=in_dim, in_steps=in_steps, out_steps=out_steps)
 
 
 def test_registered_with_the_dtw_graph_and_huber_loss():

@@ -19,6 +19,7 @@ from .baseline_checks import (
     assert_forward_backward,
     assert_overfits,
     pems08_graph,
+    seeded_baseline,
     variant_inputs,
     week_graph,
     week_windows,
@@ -35,16 +36,8 @@ MORNING = 7 * 12  # 07:00, in 5-minute steps from the first reading (midnight)
 
 
 def _build(week, params: StwaConfig = SMALL, *, in_dim: int = 1, in_steps: int = 12, out_steps: int = 12, graph=None):
-    torch.manual_seed(0)
-    return build_baseline(
-        "stwa",
-        num_nodes=NODES,
-        in_dim=in_dim,
-        out_dim=1,
-        in_steps=in_steps,
-        out_steps=out_steps,
-        graph=graph or week_graph(week, nodes=NODES),
-        params=params,
+    return seeded_baseline(
+        "stwa", graph or week_graph(week, nodes=NODES), params, in_dim=in_dim, in_steps=in_steps, out_steps=out_steps
     )
 
 

@@ -249,6 +249,7 @@ def finetune_trainer(
     encoder, cache = None, None
     if variant in ("gptst", "gptst_random"):
         encoder = build_pretrain_model(params, series, data.scaler).to(device).eval().requires_grad_(False)
+    if encoder is not None and not on_the_fly:
         bundle = EncoderBundle(
             model=encoder,
             config=encoder.cfg,
@@ -263,10 +264,9 @@ def finetune_trainer(
             source="bench",
         )
         folder = workdir / f"encoded-{len(series.node_ids)}"
-        if not on_the_fly:
-            if not (folder / "index.json").is_file():
-                write_encoded(folder, bundle, data.batcher, starts, encoder_sha256="bench", max_gb=1e3, device=device)
-            cache = EncodedCache.open(folder, "bench")
+        if not (folder / "index.json").is_file():
+            write_encoded(folder, bundle, data.batcher, starts, encoder_sha256="bench", max_gb=1e3, device=device)
+        cache = EncodedCache.open(folder, "bench")
     forecaster = build_forecaster(params, data, baseline, variant, encoder).to(device)
     common = params.finetune.common
     trainer = Trainer(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from gptst.data.batch import Batch, WindowBatcher, n_batches
 from gptst.data.calendar import calendar_features
 from gptst.data.scaler import StandardScaler, fit_train_scaler
-from gptst.data.series import SeriesData
+from gptst.data.series import SeriesData, load_series, write_series
 from gptst.data.windows import make_splits
 from gptst.params import SplitRatios, WindowParams
 
@@ -57,11 +59,24 @@ def test_shapes_with_unequal_windows_and_two_channels(bike, t_in, t_out):
     assert scaler.mean[0] != scaler.mean[1]
 
 
-def test_the_raw_series_is_shared_not_copied(week):
+def test_the_raw_series_is_shared_not_copied_and_normalised_only_batch_by_batch(week):
     batcher, _ = _batcher(week, 12, 12)
 
     assert np.shares_memory(batcher.raw.numpy(), week.values)
-    assert batcher.scaled.shape == week.values.shape  # one normalised copy, not one per window
+    series_bytes = week.values.nbytes
+    held = [t for t in vars(batcher).values() if isinstance(t, torch.Tensor) and t.numel() * 4 >= series_bytes]
+    assert len(held) == 1  # the raw series itself: no normalised copy of it
+
+
+def test_a_memory_mapped_series_batches_like_one_in_memory(week, tmp_path: Path):
+    write_series(tmp_path / "s.parquet", week)
+    mapped = load_series(tmp_path / "s.parquet", mmap=True)
+    assert isinstance(mapped.values, np.memmap) and not mapped.values.flags.writeable
+    scaler = StandardScaler.fit(week.values[:1400], null_value=0.0)
+    in_memory = WindowBatcher.from_series(week, scaler, 12, 12).gather([0, 500, 1990])
+    from_map = WindowBatcher.from_series(mapped, scaler, 12, 12).gather([0, 500, 1990])
+    for name in ("x", "y", "x_raw", "cal", "cal_y"):
+        torch.testing.assert_close(getattr(from_map, name), getattr(in_memory, name), rtol=0, atol=0)
 
 
 def test_iterating_a_split_visits_every_window_once_in_a_seeded_order(week):

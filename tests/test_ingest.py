@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -113,6 +114,85 @@ def test_wide_csv_with_or_without_a_timestamp_column(tmp_path: Path, week_h5: Pa
     np.testing.assert_allclose(data.values[:, :, 0], frame.to_numpy(np.float32))
     assert data.node_ids == list(frame.columns)
     assert (data.timestamps == frame.index).all()
+
+
+# ------------------------------------------------------------------- streaming in row chunks
+def _synthetic_source(directory: Path, layout: str) -> tuple[Path, DatasetParams]:
+    """SYNTHETIC values (with missing zeros, NaN and inf) in each raw layout, 700 steps x 9 nodes."""
+    rng = np.random.default_rng(3)
+    values = rng.uniform(0, 80, (700, 9, 2)).astype(np.float64)
+    values[rng.random(values.shape) < 0.05] = 0.0
+    values[5, 2, 0], values[600, 7, 1] = np.nan, np.inf
+    stamps = pd.date_range("2019-01-01", periods=700, freq="5min")
+    ids = [f"s{i:02d}" for i in range(9)]
+    if layout == "npz":
+        np.savez(directory / "src.npz", data=values, timestamps=stamps.values, node_ids=np.array(ids))
+        return directory / "src.npz", speed(channel_names=["flow", "speed"])
+    if layout == "npz-fortran":
+        np.savez(directory / "src.npz", data=np.asfortranarray(values), timestamps=stamps.values)
+        return directory / "src.npz", speed(channels=[1], channel_names=["speed"])
+    frame = pd.DataFrame(values[:, :, 0], index=stamps, columns=ids)
+    if layout == "h5":
+        frame[ids[4]] = np.arange(700)  # an int64 block beside the float64 one
+        frame.to_hdf(directory / "src.h5", key="df")
+        return directory / "src.h5", speed()
+    if layout == "h5-table":
+        frame.to_hdf(directory / "src.h5", key="df", format="table")
+        return directory / "src.h5", speed()
+    frame.rename_axis("timestamp").to_csv(directory / "src.csv")
+    return directory / "src.csv", speed()
+
+
+@pytest.mark.parametrize("layout", ["npz", "npz-fortran", "h5", "h5-table", "csv"])
+def test_a_series_streamed_in_many_chunks_equals_the_in_memory_ingest_cell_for_cell(tmp_path: Path, layout: str):
+    from gptst.data.ingest import read_source, to_series
+    from gptst.data.series import write_series
+
+    source, params = _synthetic_source(tmp_path, layout)
+    streamed = ingest(params, source, tmp_path / "streamed.parquet", tmp_path / "streamed.json", chunk_rows=64)
+    whole = to_series(read_source(params, source), params, source)
+    write_series(tmp_path / "whole.parquet", whole)
+
+    assert pq.ParquetFile(tmp_path / "streamed.parquet").num_row_groups == 11  # 700 steps in chunks of 64
+    a, b = load_series(tmp_path / "streamed.parquet"), load_series(tmp_path / "whole.parquet")
+    np.testing.assert_array_equal(a.values, b.values)  # NaN where NaN, bit for bit elsewhere
+    assert (a.timestamps == b.timestamps).all() and a.node_ids == b.node_ids and a.channels == b.channels
+    missing = {c: float((b.values[..., i] == 0).mean()) for i, c in enumerate(b.channels)}
+    nonfinite = {c: int((~np.isfinite(b.values[..., i])).sum()) for i, c in enumerate(b.channels)}
+    assert streamed.meta["missing_rate"] == pytest.approx(missing)
+    assert streamed.meta["nonfinite"] == nonfinite
+
+
+def test_a_bad_value_deep_in_the_stream_leaves_the_earlier_series_intact(tmp_path: Path):
+    source, params = _synthetic_source(tmp_path, "csv")
+    ingest(params, source, tmp_path / "s.parquet", tmp_path / "m.json", chunk_rows=64)
+    before = (tmp_path / "s.parquet").read_bytes()
+    lines = source.read_text().splitlines()
+    lines[650] = lines[650].rsplit(",", 1)[0] + ",not-a-number"  # in the eleventh chunk
+    source.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="non-numeric sensor values") as err:
+        ingest(params, source, tmp_path / "s.parquet", tmp_path / "m.json", chunk_rows=64)
+    assert str(source) in str(err.value)
+    assert (tmp_path / "s.parquet").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "s.parquet", "src.csv"]  # no temp file left
+
+
+def test_a_large_series_loads_as_a_read_only_memory_map_that_a_rewrite_replaces(tmp_path: Path, week_h5: Path):
+    from gptst.data.series import memmap_sidecar, write_series
+
+    ingest(speed(), week_h5, tmp_path / "s.parquet", tmp_path / "m.json")
+    in_memory = load_series(tmp_path / "s.parquet")
+    mapped = load_series(tmp_path / "s.parquet", mmap=True)
+    assert isinstance(mapped.values, np.memmap) and not mapped.values.flags.writeable
+    np.testing.assert_array_equal(mapped.values, in_memory.values)
+    sidecar = memmap_sidecar(tmp_path / "s.parquet")
+    assert sidecar.is_file() and sidecar.name.startswith(".s.parquet.")
+
+    changed = replace(in_memory, values=in_memory.values[::-1].copy())
+    write_series(tmp_path / "s.parquet", changed)
+    again = load_series(tmp_path / "s.parquet", mmap=True)
+    np.testing.assert_array_equal(again.values, changed.values)  # never the stale sidecar
+    assert not sidecar.exists() and memmap_sidecar(tmp_path / "s.parquet").is_file()
 
 
 # ------------------------------------------------------------------------ HDF5 file variants

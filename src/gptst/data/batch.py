@@ -1,8 +1,9 @@
 """Batches gathered from the series held once in memory, by window start index.
 
-:class:`WindowBatcher` keeps the raw series, its normalised copy (computed once, O(T*N*C)) and the
-calendar features as tensors; a batch of windows is an ``index_select`` of those on a
-``start + offset`` grid, so no per-window copy ever exists outside the batch being built.
+:class:`WindowBatcher` wraps the raw series (without a copy on the CPU, so a memory-mapped series
+stays mapped) and the calendar features as tensors; a batch of windows is an ``index_select`` of
+those on a ``start + offset`` grid, normalised as it is gathered, so no per-window copy and no
+normalised copy of the series ever exists outside the batch being built.
 """
 
 from __future__ import annotations
@@ -75,9 +76,8 @@ class WindowBatcher:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             self.raw = torch.as_tensor(values, dtype=torch.float32, device=device)
-        scaled = scaler.transform(self.raw)
-        scaled[torch.isnan(scaled)] = 0.0
-        self.scaled = scaled
+        self.scaler = scaler
+        scaler.transform(self.raw[:1])  # fails now, not at the first batch, if the channels differ
         self.calendar = torch.as_tensor(calendar, dtype=torch.float32, device=device)
         self.t_in = t_in
         self.t_out = t_out
@@ -117,13 +117,16 @@ class WindowBatcher:
         in_steps = (starts[:, None] + self._in_offsets).reshape(-1)
         out_steps = (starts[:, None] + self._out_offsets).reshape(-1)
         B = len(starts)
+        x_raw = self.raw.index_select(0, in_steps).view(B, self.t_in, *self.raw.shape[1:])
+        x = self.scaler.transform(x_raw)
+        x[torch.isnan(x)] = 0.0
         return Batch(
-            x=self.scaled.index_select(0, in_steps).view(B, self.t_in, *self.scaled.shape[1:]),
+            x=x,
             cal=self.calendar.index_select(0, in_steps).view(B, self.t_in, -1),
             cal_y=self.calendar.index_select(0, out_steps).view(B, self.t_out, -1),
             y=self.raw.index_select(0, out_steps).view(B, self.t_out, *self.raw.shape[1:]),
             start=starts,
-            x_raw=self.raw.index_select(0, in_steps).view(B, self.t_in, *self.raw.shape[1:]),
+            x_raw=x_raw,
         )
 
     def batches(

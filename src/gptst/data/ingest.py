@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +10,10 @@ import numpy as np
 import pandas as pd
 
 from gptst.data.readers import RawSeries, read_raw_series
-from gptst.data.series import SeriesData, write_series
+from gptst.data.series import SeriesAxes, SeriesData, open_series_writer, rows_per_group
 from gptst.errors import InputError
 from gptst.io import sha256_file, write_json
 from gptst.params import DatasetParams
-
-_ROW_CHUNK = 8192
 
 
 @dataclass(frozen=True)
@@ -53,11 +51,11 @@ def read_source(dataset: DatasetParams, source: Path) -> RawSeries:
     )
 
 
-def to_series(raw: RawSeries, dataset: DatasetParams, source: Path, params_file: str = "params.yaml") -> SeriesData:
+def series_axes(raw: RawSeries, dataset: DatasetParams, source: Path, params_file: str = "params.yaml") -> SeriesAxes:
     """Give a raw read its canonical axes: timestamps, string node ids, channel names."""
-    T, N, C = raw.values.shape
+    T, N, C = raw.shape
     if T < 2 or N < 1:
-        raise InputError(source, "shape", f"{raw.values.shape} is too small: need at least 2 steps and 1 node")
+        raise InputError(source, "shape", f"{list(raw.shape)} is too small: need at least 2 steps and 1 node")
     timestamps = raw.timestamps
     if timestamps is None:
         if dataset.start is None or dataset.freq is None:
@@ -85,8 +83,7 @@ def to_series(raw: RawSeries, dataset: DatasetParams, source: Path, params_file:
         names = [dataset.kind] if C == 1 else [f"channel{c}" for c in source_channels]
     if len(names) != C:
         raise InputError(params_file, "dataset.channel_names", f"{len(names)} names for {C} channels in {source}")
-    return SeriesData(
-        values=raw.values,
+    return SeriesAxes(
         timestamps=timestamps,
         node_ids=list(node_ids),
         channels=list(names),
@@ -96,46 +93,69 @@ def to_series(raw: RawSeries, dataset: DatasetParams, source: Path, params_file:
     )
 
 
-def channel_statistics(data: SeriesData) -> dict[str, dict[str, float]]:
-    """Per channel: missing rate (``null_value`` cells) and non-finite count, in row chunks."""
-    T, N, C = data.values.shape
-    missing = np.zeros(C, dtype=np.int64)
-    nonfinite = np.zeros(C, dtype=np.int64)
-    for start in range(0, T, _ROW_CHUNK):
-        chunk = data.values[start : start + _ROW_CHUNK]
-        nonfinite += (~np.isfinite(chunk)).sum(axis=(0, 1))
-        if data.null_value is not None:
-            missing += (chunk == np.float32(data.null_value)).sum(axis=(0, 1))
-    cells = T * N
-    return {
-        name: {"missing_rate": float(missing[c] / cells), "nonfinite": int(nonfinite[c])}
-        for c, name in enumerate(data.channels)
-    }
+def to_series(raw: RawSeries, dataset: DatasetParams, source: Path, params_file: str = "params.yaml") -> SeriesData:
+    """The whole raw series in memory, with its canonical axes (:func:`series_axes`)."""
+    axes = series_axes(raw, dataset, source, params_file)
+    return SeriesData(values=raw.values, **{f.name: getattr(axes, f.name) for f in fields(SeriesAxes)})
 
 
-def ingest(dataset: DatasetParams, source: Path, series_path: Path, meta_path: Path) -> IngestResult:
+class ChannelStatistics:
+    """Per channel: missing rate (``null_value`` cells) and non-finite count, accumulated chunk by chunk."""
+
+    def __init__(self, channels: list[str], null_value: float | None) -> None:
+        self.channels = channels
+        self.null_value = null_value
+        self.cells = 0
+        self.missing = np.zeros(len(channels), dtype=np.int64)
+        self.nonfinite = np.zeros(len(channels), dtype=np.int64)
+
+    def add(self, chunk: np.ndarray) -> None:
+        """Count the cells of ``chunk`` [rows, N, C]."""
+        self.cells += chunk.shape[0] * chunk.shape[1]
+        self.nonfinite += (~np.isfinite(chunk)).sum(axis=(0, 1))
+        if self.null_value is not None:
+            self.missing += (chunk == np.float32(self.null_value)).sum(axis=(0, 1))
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        return {
+            name: {"missing_rate": float(self.missing[c] / max(self.cells, 1)), "nonfinite": int(self.nonfinite[c])}
+            for c, name in enumerate(self.channels)
+        }
+
+
+def ingest(
+    dataset: DatasetParams, source: Path, series_path: Path, meta_path: Path, chunk_rows: int | None = None
+) -> IngestResult:
     """Read ``source`` as ``dataset`` describes it and write the canonical series and its meta.
 
-    Everything is read and checked before anything is written, so bad input leaves earlier
-    outputs intact; each output is written atomically.
+    The values stream from the source into the Parquet file in chunks of ``chunk_rows`` steps
+    (by default one row group, see :func:`rows_per_group`), so peak memory is a few chunks, not
+    the series. The axes are checked before anything is written and each output is written
+    atomically, so bad input (found at any chunk) leaves earlier outputs intact.
     """
-    data = to_series(read_source(dataset, source), dataset, source)
-    stats = channel_statistics(data)
-    T, N, C = data.values.shape
+    raw = read_source(dataset, source)
+    axes = series_axes(raw, dataset, source)
+    T, N, C = raw.shape
+    stats = ChannelStatistics(axes.channels, axes.null_value)
+    source_sha256 = sha256_file(source)
+    with open_series_writer(series_path, axes, extra_metadata={"source_sha256": source_sha256}) as write:
+        for chunk in raw.row_chunks(chunk_rows or rows_per_group(N * C)):
+            stats.add(chunk)
+            write(chunk)
+    summary = stats.as_dict()
     meta = {
         "dataset": dataset.name,
-        "kind": data.kind,
+        "kind": axes.kind,
         "source": dataset.series,
-        "source_sha256": sha256_file(source),
+        "source_sha256": source_sha256,
         "shape": [T, N, C],
-        "freq": data.freq,
-        "start": data.timestamps[0].isoformat(),
-        "end": data.timestamps[-1].isoformat(),
-        "channels": data.channels,
-        "null_value": data.null_value,
-        "missing_rate": {name: s["missing_rate"] for name, s in stats.items()},
-        "nonfinite": {name: s["nonfinite"] for name, s in stats.items()},
+        "freq": axes.freq,
+        "start": axes.timestamps[0].isoformat(),
+        "end": axes.timestamps[-1].isoformat(),
+        "channels": axes.channels,
+        "null_value": axes.null_value,
+        "missing_rate": {name: s["missing_rate"] for name, s in summary.items()},
+        "nonfinite": {name: s["nonfinite"] for name, s in summary.items()},
     }
-    write_series(series_path, data, extra_metadata={"source_sha256": meta["source_sha256"]})
     write_json(meta_path, meta)
     return IngestResult(series_path=series_path, meta_path=meta_path, meta=meta)

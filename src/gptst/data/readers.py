@@ -1,9 +1,9 @@
 """Readers for raw series files: pandas HDF5, npz and wide CSV.
 
-Each reader returns a :class:`RawSeries` with float32 values [T, N, C] and whatever axes the
-file carries. Memory stays near the float32 result: HDF5 and npz are read in row chunks
-(the float64 source is never held whole), so ingesting full METR-LA peaks well under 3x the
-float32 array.
+Each reader reads a file's axes at once and returns a :class:`RawSeries` whose float32 values
+[T, N, C] stream in row chunks (:meth:`RawSeries.row_chunks`): ingest writes each chunk as a
+Parquet row group, so neither the float64 source nor the whole float32 series is ever held.
+:attr:`RawSeries.values` materialises the whole array for callers that want it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import warnings
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import IO
 
@@ -27,12 +29,33 @@ CHUNK_ROWS = 4096
 
 @dataclass
 class RawSeries:
-    """What a raw file gives: values [T, N, C] float32 and the axes it stores (or None)."""
+    """What a raw file gives: its shape [T, N, C], the axes it stores (or None), and its values.
 
-    values: np.ndarray
+    ``read_rows(chunk_rows)`` yields consecutive float32 chunks [<= chunk_rows, N, C] covering
+    the T steps in order, reading the file as it goes; errors name the file and the field.
+    """
+
+    shape: tuple[int, int, int]
     timestamps: pd.DatetimeIndex | None
     node_ids: list[str] | None
+    read_rows: Callable[[int], Iterator[np.ndarray]]
     channel_names: list[str] | None = None
+
+    def row_chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
+        """The values in consecutive chunks of at most ``chunk_rows`` steps."""
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        return self.read_rows(chunk_rows)
+
+    @cached_property
+    def values(self) -> np.ndarray:
+        """All values [T, N, C] float32 (Fortran order: one contiguous column per sensor)."""
+        values = np.empty(self.shape, dtype=np.float32, order="F")
+        row = 0
+        for chunk in self.row_chunks():
+            values[row : row + len(chunk)] = chunk
+            row += len(chunk)
+        return values
 
 
 def select_channels(n_channels: int, channels: list[int] | None, path: Path, field: str) -> list[int]:
@@ -45,6 +68,23 @@ def select_channels(n_channels: int, channels: list[int] | None, path: Path, fie
     return list(channels)
 
 
+def _guarded(
+    path: Path, field: str, problem: str, chunks: Iterator[np.ndarray], errors: tuple[type[BaseException], ...]
+) -> Iterator[np.ndarray]:
+    """``chunks`` with the read errors ``errors`` turned into an :class:`InputError` on ``path``."""
+    try:
+        yield from chunks
+    except InputError:
+        raise
+    except errors as err:
+        raise InputError(path, field, f"{problem}: {err}") from None
+
+
+def _row_ranges(T: int, chunk_rows: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, T, chunk_rows):
+        yield start, min(start + chunk_rows, T)
+
+
 # ------------------------------------------------------------------------------------- HDF5
 def read_h5(path: Path, key: str = "df", channels: list[int] | None = None) -> RawSeries:
     """Read a pandas HDF5 DataFrame (METR-LA / PEMS-BAY layout: DatetimeIndex x sensor columns).
@@ -54,6 +94,8 @@ def read_h5(path: Path, key: str = "df", channels: list[int] | None = None) -> R
     pandas in row chunks.
     """
     _require_file(path)
+    if channels not in (None, [0]):
+        raise InputError(path, "dataset.channels", f"an HDF5 frame has one channel; got {channels}")
     try:
         handle = h5py.File(path, "r")
     except OSError as err:
@@ -64,51 +106,58 @@ def read_h5(path: Path, key: str = "df", channels: list[int] | None = None) -> R
             raise InputError(path, f"HDF5 key '{key}'", f"not found; the file has keys {keys} (set dataset.h5_key)")
         group = handle[key]
         pandas_type = _attr_str(group, "pandas_type")
-        if pandas_type == "frame_table":
-            raw = None
-        elif pandas_type == "frame":
-            raw = _read_fixed_frame(path, key, group)
-        else:
+        if pandas_type == "frame":
+            return _read_fixed_frame(path, key, group)
+        if pandas_type != "frame_table":
             raise InputError(path, f"HDF5 key '{key}'", f"not a pandas DataFrame (pandas_type={pandas_type!r})")
-    if raw is None:
-        raw = _read_table_frame(path, key)
-    if channels not in (None, [0]):
-        raise InputError(path, "dataset.channels", f"an HDF5 frame has one channel; got {channels}")
-    return raw
+    return _read_table_frame(path, key)
 
 
 def _read_fixed_frame(path: Path, key: str, group: h5py.Group) -> RawSeries:
+    """The axes and block layout now; the values, block by block, when the chunks are read."""
+    field = f"HDF5 key '{key}'"
     try:
         columns = canonical_ids(_read_axis(group["axis0"]))
         index = _read_datetime_axis(path, key, group["axis1"])
-        n_blocks = int(group.attrs.get("nblocks", 0))
         T, N = len(index), len(columns)
-        # Fortran order: each sensor's column is contiguous for the Parquet writer.
-        values = np.empty((T, N, 1), dtype=np.float32, order="F")
-        filled = np.zeros(N, dtype=bool)
         position = {c: i for i, c in enumerate(columns)}
-        for b in range(n_blocks):
+        blocks: list[tuple[str, np.ndarray, bool]] = []
+        filled = np.zeros(N, dtype=bool)
+        for b in range(int(group.attrs.get("nblocks", 0))):
             items = canonical_ids(_read_axis(group[f"block{b}_items"]))
             block = group[f"block{b}_values"]
             if block.dtype.kind not in "fiub":
                 raise InputError(path, f"{key}/block{b}_values", f"non-numeric columns ({block.dtype}): {items[:5]}")
-            cols = np.array([position[i] for i in items])
             transposed = bool(block.attrs.get("transposed", False))
-            rows_axis = 0 if transposed else 1
-            if block.shape[rows_axis] != T:
-                raise InputError(path, f"{key}/block{b}_values", f"has {block.shape[rows_axis]} rows, index has {T}")
-            for start in range(0, T, CHUNK_ROWS):
-                stop = min(start + CHUNK_ROWS, T)
-                chunk = block[start:stop, :] if transposed else block[:, start:stop].T
-                values[start:stop, cols, 0] = chunk
+            rows = block.shape[0 if transposed else 1]
+            if rows != T:
+                raise InputError(path, f"{key}/block{b}_values", f"has {rows} rows, index has {T}")
+            cols = np.array([position[i] for i in items], dtype=np.int64)
+            blocks.append((f"block{b}_values", cols, transposed))
             filled[cols] = True
     except (OSError, KeyError, ValueError) as err:
         if isinstance(err, InputError):
             raise
-        raise InputError(path, f"HDF5 key '{key}'", f"unreadable pandas frame (truncated or corrupt?): {err}") from None
+        raise InputError(path, field, f"unreadable pandas frame (truncated or corrupt?): {err}") from None
     if not filled.all():
-        raise InputError(path, f"HDF5 key '{key}'", f"{int((~filled).sum())} columns have no data block")
-    return RawSeries(values=values, timestamps=index, node_ids=columns)
+        raise InputError(path, field, f"{int((~filled).sum())} columns have no data block")
+
+    def read_rows(chunk_rows: int) -> Iterator[np.ndarray]:
+        with h5py.File(path, "r") as handle:
+            datasets = [(handle[key][name], cols, transposed) for name, cols, transposed in blocks]
+            for start, stop in _row_ranges(T, chunk_rows):
+                # Fortran order: each sensor's column is contiguous for the Parquet writer.
+                chunk = np.empty((stop - start, N, 1), dtype=np.float32, order="F")
+                for block, cols, transposed in datasets:
+                    chunk[:, cols, 0] = block[start:stop, :] if transposed else block[:, start:stop].T
+                yield chunk
+
+    return RawSeries(
+        shape=(T, N, 1),
+        timestamps=index,
+        node_ids=columns,
+        read_rows=lambda rows: _guarded(path, field, "unreadable values", read_rows(rows), (OSError, KeyError)),
+    )
 
 
 def _read_axis(dataset: h5py.Dataset) -> np.ndarray:
@@ -132,27 +181,34 @@ def _read_datetime_axis(path: Path, key: str, dataset: h5py.Dataset) -> pd.Datet
 
 
 def _read_table_frame(path: Path, key: str) -> RawSeries:
+    field = f"HDF5 key '{key}'"
     try:
         with pd.HDFStore(path, mode="r") as store:
-            storer = store.get_storer(key)
-            T = storer.nrows
-            index: list[pd.Index] = []
-            values = None
-            for start in range(0, T, CHUNK_ROWS):
-                frame = store.select(key, start=start, stop=min(start + CHUNK_ROWS, T))
-                if values is None:
-                    values = np.empty((T, frame.shape[1], 1), dtype=np.float32, order="F")
-                    columns = canonical_ids(frame.columns)
-                values[start : start + len(frame), :, 0] = frame.to_numpy(dtype=np.float32)
-                index.append(frame.index)
-    except (OSError, ValueError, TypeError) as err:
-        raise InputError(path, f"HDF5 key '{key}'", f"unreadable pandas table: {err}") from None
-    idx = index[0].append(index[1:]) if index else pd.DatetimeIndex([])
-    if not isinstance(idx, pd.DatetimeIndex):
-        raise InputError(path, f"HDF5 key '{key}'", "the index is not a DatetimeIndex")
-    if values is None:
-        raise InputError(path, f"HDF5 key '{key}'", "the table is empty")
-    return RawSeries(values=values, timestamps=idx.tz_localize(None) if idx.tz else idx, node_ids=columns)
+            T = store.get_storer(key).nrows
+            first = store.select(key, start=0, stop=1)
+            index = pd.Index(store.select_column(key, "index"))
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise InputError(path, field, f"unreadable pandas table: {err}") from None
+    if T == 0 or first.shape[1] == 0:
+        raise InputError(path, field, "the table is empty")
+    if not isinstance(index, pd.DatetimeIndex):
+        raise InputError(path, field, "the index is not a DatetimeIndex")
+    N = first.shape[1]
+
+    def read_rows(chunk_rows: int) -> Iterator[np.ndarray]:
+        with pd.HDFStore(path, mode="r") as store:
+            for start, stop in _row_ranges(T, chunk_rows):
+                frame = store.select(key, start=start, stop=stop)
+                yield np.asfortranarray(frame.to_numpy(dtype=np.float32))[:, :, None]
+
+    return RawSeries(
+        shape=(T, N, 1),
+        timestamps=index.tz_localize(None) if index.tz else index,
+        node_ids=canonical_ids(first.columns),
+        read_rows=lambda rows: _guarded(
+            path, field, "unreadable pandas table", read_rows(rows), (OSError, ValueError, TypeError)
+        ),
+    )
 
 
 def _attr_str(obj: h5py.HLObject, name: str) -> str:
@@ -175,6 +231,7 @@ def read_npz(
     """Read ``key`` ([T, N] or [T, N, C]) from an npz, in row chunks, plus optional timestamps and
     node ids (strings or integers, one per node; without them the nodes are 0..N-1)."""
     _require_file(path)
+    field = f"npz key '{key}'"
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as err:
@@ -182,12 +239,11 @@ def read_npz(
     with archive:
         members = {name[:-4]: name for name in archive.namelist() if name.endswith(".npy")}
         if key not in members:
-            raise InputError(
-                path, f"npz key '{key}'", f"not found; the file has keys {sorted(members)} (set dataset.npz_key)"
-            )
+            raise InputError(path, field, f"not found; the file has keys {sorted(members)} (set dataset.npz_key)")
         try:
             with archive.open(members[key]) as fh:
-                values = _read_npy_rows(path, key, fh, channels)
+                layout = _npy_layout(path, field, fh, channels)
+            T, N = layout.shape[0], layout.shape[1]
             timestamps = None
             if timestamps_key in members:
                 with archive.open(members[timestamps_key]) as fh:
@@ -196,16 +252,31 @@ def read_npz(
             node_ids = None
             if node_ids_key in members:
                 with archive.open(members[node_ids_key]) as fh:
-                    node_ids = _read_node_ids(path, node_ids_key, fh, values.shape[1])
+                    node_ids = _read_node_ids(path, node_ids_key, fh, N)
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
             if isinstance(err, InputError):
                 raise
-            raise InputError(path, f"npz key '{key}'", f"unreadable array (truncated or corrupt?): {err}") from None
-    if timestamps is not None and len(timestamps) != values.shape[0]:
-        raise InputError(
-            path, f"npz key '{timestamps_key}'", f"has {len(timestamps)} entries for {values.shape[0]} steps"
-        )
-    return RawSeries(values=values, timestamps=timestamps, node_ids=node_ids)
+            raise InputError(path, field, f"unreadable array (truncated or corrupt?): {err}") from None
+    if timestamps is not None and len(timestamps) != T:
+        raise InputError(path, f"npz key '{timestamps_key}'", f"has {len(timestamps)} entries for {T} steps")
+
+    def read_rows(chunk_rows: int) -> Iterator[np.ndarray]:
+        with zipfile.ZipFile(path) as archive, archive.open(members[key]) as fh:
+            _npy_layout(path, field, fh, channels)  # positions the stream at the data
+            yield from _npy_rows(path, field, fh, layout, chunk_rows)
+
+    return RawSeries(
+        shape=(T, N, len(layout.chosen)),
+        timestamps=timestamps,
+        node_ids=node_ids,
+        read_rows=lambda rows: _guarded(
+            path,
+            field,
+            "unreadable array (truncated or corrupt?)",
+            read_rows(rows),
+            (ValueError, OSError, zipfile.BadZipFile, EOFError),
+        ),
+    )
 
 
 def _read_node_ids(path: Path, key: str, fh: IO[bytes], n_nodes: int) -> list[str]:
@@ -227,32 +298,46 @@ def _read_node_ids(path: Path, key: str, fh: IO[bytes], n_nodes: int) -> list[st
     return canonical_ids(ids.tolist())
 
 
-def _read_npy_rows(path: Path, key: str, fh: IO[bytes], channels: list[int] | None) -> np.ndarray:
+@dataclass(frozen=True)
+class _NpyLayout:
+    shape: tuple[int, ...]
+    fortran: bool
+    dtype: np.dtype
+    chosen: list[int]
+
+
+def _npy_layout(path: Path, field: str, fh: IO[bytes], channels: list[int] | None) -> _NpyLayout:
+    """Read an .npy header from ``fh`` (leaving it at the data) and check it is a numeric series."""
     version = np.lib.format.read_magic(fh)
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran, dtype = read_header(fh)
-    field = f"npz key '{key}'"
     if dtype.hasobject:
         raise InputError(path, field, "holds Python objects; only numeric arrays are read (no unpickling)")
     if dtype.kind not in "fiub":
         raise InputError(path, field, f"non-numeric dtype {dtype}")
     if len(shape) not in (2, 3):
         raise InputError(path, field, f"has {len(shape)} dimensions {shape}; expected [T, N] or [T, N, C]")
-    T, N = shape[0], shape[1]
     C = shape[2] if len(shape) == 3 else 1
-    chosen = select_channels(C, channels, path, "dataset.channels")
-    out = np.empty((T, N, len(chosen)), dtype=np.float32, order="F")
-    if fortran:
-        full = np.frombuffer(_read_exact(fh, int(np.prod(shape)) * dtype.itemsize, path, field), dtype=dtype)
-        full = full.reshape(shape, order="F").reshape(T, N, C, order="F")
-        out[...] = full[:, :, chosen]
-        return out
-    row_bytes = N * C * dtype.itemsize
-    for start in range(0, T, CHUNK_ROWS):
-        rows = min(CHUNK_ROWS, T - start)
-        chunk = np.frombuffer(_read_exact(fh, rows * row_bytes, path, field), dtype=dtype).reshape(rows, N, C)
-        out[start : start + rows] = chunk[:, :, chosen]
-    return out
+    return _NpyLayout(shape, fortran, dtype, select_channels(C, channels, path, "dataset.channels"))
+
+
+def _npy_rows(path: Path, field: str, fh: IO[bytes], layout: _NpyLayout, chunk_rows: int) -> Iterator[np.ndarray]:
+    T, N = layout.shape[0], layout.shape[1]
+    C = layout.shape[2] if len(layout.shape) == 3 else 1
+    itemsize = layout.dtype.itemsize
+    if layout.fortran:
+        # Column-major on disk: no row can be read before the last column, so this layout is read whole.
+        n_bytes = int(np.prod(layout.shape)) * itemsize
+        full = np.frombuffer(_read_exact(fh, n_bytes, path, field), dtype=layout.dtype)
+        full = full.reshape(layout.shape, order="F").reshape(T, N, C, order="F")
+        for start, stop in _row_ranges(T, chunk_rows):
+            yield np.asfortranarray(full[start:stop][:, :, layout.chosen], dtype=np.float32)
+        return
+    row_bytes = N * C * itemsize
+    for start, stop in _row_ranges(T, chunk_rows):
+        rows = stop - start
+        chunk = np.frombuffer(_read_exact(fh, rows * row_bytes, path, field), dtype=layout.dtype)
+        yield np.asfortranarray(chunk.reshape(rows, N, C)[:, :, layout.chosen], dtype=np.float32)
 
 
 def _read_exact(fh: IO[bytes], n_bytes: int, path: Path, field: str) -> bytes:
@@ -267,7 +352,11 @@ _TIMESTAMP_NAMES = ("timestamp", "time", "datetime", "date")
 
 
 def read_csv(path: Path, timestamp_column: str | None = "auto") -> RawSeries:
-    """Read a wide CSV: an optional timestamp column, then one numeric column per sensor."""
+    """Read a wide CSV: an optional timestamp column, then one numeric column per sensor.
+
+    A first pass reads only the first column (the timestamps, or something to count the rows
+    by); the sensor values stream in row chunks on a second pass.
+    """
     _require_file(path)
     try:
         with open(path, newline="", encoding="utf-8") as fh:
@@ -284,24 +373,36 @@ def read_csv(path: Path, timestamp_column: str | None = "auto") -> RawSeries:
     sensors = [c for c in header if c != ts_col]
     if not sensors:
         raise InputError(path, "columns", "no sensor columns")
-    n_rows = _count_data_rows(path)
-    values = np.empty((n_rows, len(sensors), 1), dtype=np.float32, order="F")
-    stamps: list[pd.Series] = []
-    row = 0
+    first = ts_col if ts_col is not None else header[0]
     try:
-        reader = pd.read_csv(path, chunksize=CHUNK_ROWS, dtype={c: "float32" for c in sensors}, usecols=header)
-        for chunk in reader:
-            values[row : row + len(chunk), :, 0] = chunk[sensors].to_numpy(dtype=np.float32)
-            if ts_col is not None:
-                stamps.append(chunk[ts_col])
-            row += len(chunk)
-    except ValueError as err:
-        raise InputError(path, "values", f"non-numeric sensor values: {err}") from None
-    values = values[:row] if row != n_rows else values
+        stamps = [
+            chunk[first].to_numpy()
+            for chunk in pd.read_csv(path, usecols=[first], dtype={first: str}, chunksize=1 << 16)
+        ]
+    except (ValueError, pd.errors.ParserError) as err:
+        raise InputError(path, f"column '{first}'", f"unreadable: {err}") from None
+    T = sum(len(s) for s in stamps)
     timestamps = None
     if ts_col is not None:
-        timestamps = _parse_timestamps(path, f"column '{ts_col}'", pd.concat(stamps).to_numpy())
-    return RawSeries(values=values, timestamps=timestamps, node_ids=canonical_ids(sensors))
+        timestamps = _parse_timestamps(path, f"column '{ts_col}'", np.concatenate(stamps) if stamps else np.array([]))
+
+    def read_rows(chunk_rows: int) -> Iterator[np.ndarray]:
+        row = 0
+        reader = pd.read_csv(path, chunksize=chunk_rows, dtype={c: "float32" for c in sensors}, usecols=header)
+        for chunk in reader:
+            row += len(chunk)
+            yield np.asfortranarray(chunk[sensors].to_numpy(dtype=np.float32))[:, :, None]
+        if row != T:
+            raise InputError(path, "rows", f"{row} rows of values but {T} in the first column")
+
+    return RawSeries(
+        shape=(T, len(sensors), 1),
+        timestamps=timestamps,
+        node_ids=canonical_ids(sensors),
+        read_rows=lambda rows: _guarded(
+            path, "values", "non-numeric sensor values", read_rows(rows), (ValueError, pd.errors.ParserError)
+        ),
+    )
 
 
 def _timestamp_column(path: Path, header: list[str], requested: str | None) -> str | None:
@@ -322,17 +423,6 @@ def _timestamp_column(path: Path, header: list[str], requested: str | None) -> s
         pass
     # An unnamed first column (pandas writes the index as '' or 'Unnamed: 0') holds the timestamps.
     return header[0] if first == "" or first.startswith("Unnamed") else None
-
-
-def _count_data_rows(path: Path) -> int:
-    count = 0
-    last = b"\n"
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            count += block.count(b"\n")
-            last = block[-1:]
-    count += last != b"\n"
-    return max(count - 1, 0)
 
 
 def _parse_timestamps(path: Path, field: str, raw: np.ndarray) -> pd.DatetimeIndex:

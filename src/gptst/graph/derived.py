@@ -56,7 +56,7 @@ def derived_graph_inputs(
     later is read), missing readings as NaN."""
     window = slice(train_steps.start, train_steps.stop)
     train = series.values[window].astype(np.float32, copy=True)
-    train[series.missing_mask()[window]] = np.nan
+    train[series.missing_mask(window)] = np.nan
     return DerivedGraphInputs(np.asarray(adj), train, steps_per_day(series.freq), params)
 
 

@@ -23,6 +23,8 @@ POSITION = "position"
 ITEM = "item"
 INDEX_COLUMNS = [POSITION, ITEM]
 NO_ID = "<none>"
+# Steps per chunk of the per-column views: bounds their temporaries on long or memory-mapped series.
+_ROWS = 4096
 
 
 def step_seconds(freq: str, source: str = "expected_freq") -> float:
@@ -75,20 +77,27 @@ def node_channel_frame(series: SeriesData) -> pd.DataFrame:
     NaN that slipped through ingest fails validation rather than hiding among missing readings.
     """
     T, N, C = series.values.shape
-    flat = series.values.reshape(T, N * C)  # node-major, like the canonical Parquet columns
-    finite = np.isfinite(flat)
-    if series.null_value is not None:
-        missing = finite & (flat == np.float32(series.null_value))
-    else:
-        missing = np.zeros_like(finite)
-    valid = finite & ~missing
-    n_valid = valid.sum(axis=0)
-    with np.errstate(invalid="ignore"):
-        vmin = np.where(valid, flat, np.inf).min(axis=0).astype(np.float64)
-        vmax = np.where(valid, flat, -np.inf).max(axis=0).astype(np.float64)
+    n_nonfinite = np.zeros(N * C, dtype=np.int64)
+    n_missing = np.zeros(N * C, dtype=np.int64)
+    vmin = np.full(N * C, np.inf, dtype=np.float64)
+    vmax = np.full(N * C, -np.inf, dtype=np.float64)
+    # Row chunks: the temporaries stay a chunk's size however long the series (it may be memory-mapped).
+    for lo in range(0, T, _ROWS):
+        flat = np.asarray(series.values[lo : lo + _ROWS]).reshape(-1, N * C)  # node-major, like the Parquet
+        finite = np.isfinite(flat)
+        if series.null_value is not None:
+            missing = finite & (flat == np.float32(series.null_value))
+        else:
+            missing = np.zeros_like(finite)
+        valid = finite & ~missing
+        n_nonfinite += (~finite).sum(axis=0)
+        n_missing += missing.sum(axis=0)
+        with np.errstate(invalid="ignore"):
+            vmin = np.minimum(vmin, np.where(valid, flat, np.inf).min(axis=0))
+            vmax = np.maximum(vmax, np.where(valid, flat, -np.inf).max(axis=0))
     # A column with no valid reading has no min or max: null, which GX map expectations skip.
-    vmin[n_valid == 0] = np.nan
-    vmax[n_valid == 0] = np.nan
+    vmin[np.isinf(vmin) & (vmin > 0)] = np.nan
+    vmax[np.isinf(vmax) & (vmax < 0)] = np.nan
     node_index = np.repeat(np.arange(N, dtype=np.int64), C)
     return pd.DataFrame(
         {
@@ -96,17 +105,20 @@ def node_channel_frame(series: SeriesData) -> pd.DataFrame:
             ITEM: [column_name(n, c) for n in series.node_ids for c in series.channels],
             "node_id": np.repeat(np.asarray(series.node_ids, dtype=object), C),
             "channel": np.tile(np.asarray(series.channels, dtype=object), N),
-            "n_nonfinite": (~finite).sum(axis=0).astype(np.int64),
+            "n_nonfinite": n_nonfinite,
             "min": vmin,
             "max": vmax,
-            "missing_share": missing.sum(axis=0) / T,
+            "missing_share": n_missing / T,
         }
     )
 
 
 def node_frame(series: SeriesData) -> pd.DataFrame:
     """One row per node: how many steps have any channel different from zero."""
-    nonzero_steps = (~(series.values == 0).all(axis=2)).sum(axis=0)
+    T, N, _ = series.values.shape
+    nonzero_steps = np.zeros(N, dtype=np.int64)
+    for lo in range(0, T, _ROWS):
+        nonzero_steps += (~(np.asarray(series.values[lo : lo + _ROWS]) == 0).all(axis=2)).sum(axis=0)
     return pd.DataFrame(
         {
             POSITION: np.arange(len(series.node_ids), dtype=np.int64),

@@ -256,6 +256,9 @@ class OptimParams(_Section):
         0, ge=0, description="plateaus that decay the lr (lr *= lr_decay_rate, patience restarts) before one stops"
     )
     max_batches_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs; null: every window")
+    max_memory_mb: float | None = Field(
+        None, gt=0, description="refuse, before training, a step estimated above this; null: the device's memory"
+    )
 
     @field_validator("lr_decay_epochs")
     @classmethod

@@ -36,6 +36,7 @@ from gptst.params import FinetuneCommon, Params
 from gptst.timing import phase
 from gptst.training.baseline_config import baseline_config
 from gptst.training.identity import library_identity, module_digest
+from gptst.training.memory import MemoryEstimate, check_memory, estimate_step_memory, memory_budget
 from gptst.training.trainer import (
     Distributed,
     FitResult,
@@ -93,6 +94,7 @@ class FinetuneResult:
     test: dict[str, dict[str, float]]
     test_pred: np.ndarray  # [W, T_out, N, C] raw units, the test windows in order
     test_starts: np.ndarray
+    memory: MemoryEstimate | None = None  # the step's peak, estimated before training
 
 
 def random_encoder(like: GPTST, seed: int) -> GPTST:
@@ -228,6 +230,22 @@ def finetune_step_fn(
     return step
 
 
+def finetune_memory_estimate(
+    params: Params, data: DownstreamData, baseline: str, variant: str, forecaster: Forecaster, device: str
+) -> MemoryEstimate:
+    """The estimated peak of one training step of ``forecaster`` at ``finetune.common.batch_size``
+    (the encoder, frozen, saves nothing for backward: cached or not, the estimate is the same)."""
+    step = finetune_step_fn(params, data, baseline, None)
+    return estimate_step_memory(
+        f"finetune {baseline}/{variant} over {len(data.series.node_ids)} nodes",
+        forecaster,
+        lambda module, batch: step(module, batch, 1),
+        data.batcher.gather(data.splits.train.starts[:1]).to(device),
+        params.finetune.common.batch_size,
+        [data.batcher.raw, data.batcher.calendar],
+    )
+
+
 def finetune(
     params: Params,
     data: DownstreamData,
@@ -248,6 +266,8 @@ def finetune(
     if encoder is not None:
         encoder.to(device)
     forecaster = build_forecaster(params, data, baseline, variant, encoder).to(device)
+    memory = finetune_memory_estimate(params, data, baseline, variant, forecaster, device)
+    check_memory(memory, memory_budget(common.max_memory_mb, device), "finetune.common.batch_size")
     # The encode stage caches the pre-trained encoder; the random control is cached here, for this
     # run, when it fits the budget: it then reads fp16 features exactly as gptst does, instead of
     # encoding every batch again (the encoder forward cost more than a T-GCN step).
@@ -290,7 +310,7 @@ def finetune(
     assert test_pred is not None
     if local_cache is not None:
         local_cache.cleanup()
-    return FinetuneResult(forecaster, fit, val, test, test_pred, np.asarray(splits.test.starts))
+    return FinetuneResult(forecaster, fit, val, test, test_pred, np.asarray(splits.test.starts), memory)
 
 
 def _library_identity(

@@ -20,12 +20,18 @@ from gptst.code_closure import code_digest
 from gptst.io import sha256_file
 from gptst.params import Params
 
+# Keys that say where a run may run, not what it computes: a checkpoint stays valid when they change.
+NOT_IDENTITY = frozenset({"max_memory_mb"})
+
 
 def section_digest(params: Params, dotted: str) -> str:
-    """sha256 of one resolved params value (``seed``, ``windows``, ``finetune.common``)."""
+    """sha256 of one resolved params value (``seed``, ``windows``, ``finetune.common``), without
+    the keys of ``NOT_IDENTITY``."""
     value: Any = params.model_dump(mode="json")
     for key in dotted.split("."):
         value = value[key]
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k not in NOT_IDENTITY}
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 

@@ -30,6 +30,7 @@ from gptst.models.gptst.objective import PretrainObjective
 from gptst.params import GptstModelParams, Params, PretrainParams
 from gptst.timing import phase
 from gptst.training.identity import library_identity
+from gptst.training.memory import MemoryEstimate, check_memory, estimate_step_memory, memory_budget
 from gptst.training.trainer import Distributed, FitResult, ParamGroup, StepResult, Trainer, TrainerConfig, epoch_batches
 
 
@@ -45,6 +46,7 @@ class PretrainResult:
     val_mae_mixed_mask: float
     change_epoch: int
     windows_read: dict[str, set[int]] = field(default_factory=dict)
+    memory: MemoryEstimate | None = None  # the step's peak, estimated before training
 
     def metrics(self, params: Params) -> dict[str, object]:
         """The stage's metrics.json: the run's numbers and what they were computed on."""
@@ -153,6 +155,47 @@ def pretrain_step_fn(masker: AdaptiveMasker) -> Callable[[torch.nn.Module, Batch
         return StepResult(loss.total, logs, backward_done=in_parts)
 
     return step
+
+
+def pretrain_memory_estimate(
+    objective: PretrainObjective, template: Batch, batch_size: int, epoch: int, data: Sequence[torch.Tensor] = ()
+) -> MemoryEstimate:
+    """The estimated peak of one pre-training step at ``batch_size`` in ``epoch`` (past E0: the
+    predictor, the adaptive masks and the KL term all run); ``template`` a batch on the device."""
+    model = objective.model
+    parts = model.backward_parts(template.x.expand(batch_size, *template.x.shape[1:]))
+    return estimate_step_memory(
+        f"pre-training GPT-ST over {model.cfg.num_nodes} nodes",
+        objective,
+        lambda module, batch: module(batch, epoch),
+        template,
+        batch_size,
+        data,
+        windows_per_backward=max(p.stop - p.start for p in parts) if len(parts) > 1 else None,
+    )
+
+
+def check_pretrain_memory(
+    objective: PretrainObjective, template: Batch, pre: PretrainParams, device: str, data: Sequence[torch.Tensor] = ()
+) -> MemoryEstimate:
+    """Estimate the step and refuse it when over ``pretrain.max_memory_mb`` (default: the device's
+    memory), naming the batch size that fits and what activation checkpointing would need."""
+    epoch = pre.change_epoch + 1
+    estimate = pretrain_memory_estimate(objective, template, pre.batch_size, epoch, data)
+    budget = memory_budget(pre.max_memory_mb, device)
+    hints = []
+    if estimate.total_mb() > budget[0] and not objective.model.checkpointing:
+        objective.model.checkpointing = True
+        try:
+            checkpointed = pretrain_memory_estimate(objective, template, pre.batch_size, epoch, data)
+        finally:
+            objective.model.checkpointing = False
+        hints.append(
+            f"pretrain.model.activation_checkpointing: true needs {checkpointed.total_mb():,.0f} MB at batch "
+            f"{pre.batch_size} (batch {checkpointed.largest_batch(budget[0])} fits)"
+        )
+    check_memory(estimate, budget, "pretrain.batch_size", hints=hints)
+    return estimate
 
 
 def pretrain_groups(model: GPTST, pre: PretrainParams) -> list[ParamGroup]:
@@ -272,6 +315,14 @@ def pretrain(
         dist=dist,
         log_fn=log_fn,
     )
+    on_cpu = torch.device(device).type == "cpu"  # the batcher stays on the CPU; batches move to the device
+    memory = check_pretrain_memory(
+        objective,
+        batcher.gather(splits.train.starts[:1]).to(device),
+        pre,
+        device,
+        data=[batcher.raw, batcher.calendar] if on_cpu else [],
+    )
     fit = trainer.fit(train_batches, steps_per_epoch=len(local_batches(1)))
     model.eval()
     with torch.no_grad():
@@ -289,4 +340,6 @@ def pretrain(
             device,
             read["val"],
         )
-    return PretrainResult(model, scaler, splits, fit, val_mae, val_mixed, pre.change_epoch, windows_read=read)
+    return PretrainResult(
+        model, scaler, splits, fit, val_mae, val_mixed, pre.change_epoch, windows_read=read, memory=memory
+    )

@@ -93,9 +93,7 @@ def write_npz(path: Path, steps: int, nodes: int, chunk: int = 4096) -> None:
     rng = np.random.default_rng(0)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         with archive.open("data.npy", "w", force_zip64=True) as fh:
-            np.lib.format.write_array_header_2_0(
-                fh, {"descr": "<f4", "fortran_order": False, "shape": (steps, nodes)}
-            )
+            np.lib.format.write_array_header_2_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (steps, nodes)})
             for lo in range(0, steps, chunk):
                 rows = min(chunk, steps - lo)
                 values = rng.uniform(5, 70, size=(rows, nodes)).astype(np.float32)

@@ -38,8 +38,9 @@ what, nodes, batch_size, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 overrides = {"preset": "paper-metr-la"} | ({} if what == "pretrain" else {"finetune.baselines": [what]})
 params = load_params(ROOT / "params.yaml", overrides)
 week = week_series()
-graph = week_graph(week, baselines=[] if what == "pretrain" else [what])
-series, graph = (week, graph) if nodes == len(week.node_ids) else tiled(week, graph, nodes, baselines=[] if what == "pretrain" else [what])
+needs = [] if what == "pretrain" else [what]
+graph = week_graph(week, baselines=needs)
+series, graph = (week, graph) if nodes == len(week.node_ids) else tiled(week, graph, nodes, baselines=needs)
 del week
 workdir = Path(tempfile.mkdtemp())
 if what == "pretrain":
@@ -80,7 +81,8 @@ def main() -> None:
     print(f"{'what':<10} {'estimate MB':>12} {'measured MB':>12} {'estimate/measured':>18}")
     for r in rows:
         print(f"{r['what']:<10} {r['estimate_mb']:>12,.0f} {r['measured_peak_mb']:>12,.0f} {r['ratio']:>18.2f}")
-    (RESULTS / f"memory_estimate-{args.nodes}x{args.batch}.json").write_text(json.dumps({"rows": rows, "wall_s": time.perf_counter() - t0}, indent=1) + "\n")
+    out = RESULTS / f"memory_estimate-{args.nodes}x{args.batch}.json"
+    out.write_text(json.dumps({"rows": rows, "wall_s": time.perf_counter() - t0}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -99,8 +99,9 @@ class MemoryEstimate:
     def summary(self) -> str:
         return (
             f"{self.what} at batch {self.batch_size}: {self.total_mb():,.0f} MB estimated "
-            f"(runtime {RUNTIME_MB:,.0f} + data {self.data_mb:,.0f} + weights {self.weights_mb:,.0f} + gradients and Adam "
-            f"{self.optimizer_mb:,.0f} + activations {self.activations_mb():,.0f} = {ACTIVATION_PEAK_FACTOR} x "
+            f"(runtime {RUNTIME_MB:,.0f} + data {self.data_mb:,.0f} + weights {self.weights_mb:,.0f} "
+            f"+ gradients and Adam {self.optimizer_mb:,.0f} + activations {self.activations_mb():,.0f} "
+            f"= {ACTIVATION_PEAK_FACTOR} x "
             f"({self.fixed_activations_mb:,.1f} + {self._windows()} x {self.activations_per_window_mb:,.1f} "
             "per window))"
         )

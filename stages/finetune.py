@@ -194,7 +194,7 @@ def _finetune_item(args: argparse.Namespace, params: Params, tracking: TrackingS
         for split, table in (("test", result.test), ("val", result.val)):
             run.log_metrics(mlflow_metric_keys(split, table))
         write_curves(result.fit.history, args.reports / "curves.csv")
-        run.log_metrics({"best_epoch": result.fit.best_epoch})
+        run.log_metrics({"best_epoch": result.fit.best_epoch, **(result.memory.as_metrics() if result.memory else {})})
         # The bundle inside an MLflow pyfunc model: `mlflow models serve` and pyfunc.load_model use it.
         inputs, outputs = signature_columns(series.node_ids, series.channels)
         run.log_pyfunc_model(

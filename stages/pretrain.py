@@ -62,6 +62,7 @@ def _pretrain(args: argparse.Namespace, params: Params, dist: Distributed, track
                 "best_val_mae": result.val_mae,
                 "val_mae_mixed_mask": result.val_mae_mixed_mask,
                 "best_epoch": result.fit.best_epoch,
+                **(result.memory.as_metrics() if result.memory else {}),
             }
         )
         run.log_artifact(args.out, artifact_path="encoder")

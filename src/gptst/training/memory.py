@@ -37,29 +37,31 @@ ACTIVATION_PEAK_FACTOR = 2.0
 RUNTIME_MB = 128.0
 
 
-def saved_activation_bytes(step: Callable[[], object]) -> int:
+def saved_activation_bytes(step: Callable[[], object], weights: Iterable[torch.Tensor] = ()) -> int:
     """Bytes of the tensors autograd saves for backward when ``step()`` runs, traced on fake
-    tensors: ``step`` must create its inputs inside the call (they are then fake); weights stay
-    real and are not counted (they are the model's, counted once elsewhere)."""
+    tensors: ``step`` must create its inputs inside the call (they are then fake). ``weights``
+    (the model's parameters and buffers, which stay real) and views of them are not counted: they
+    are the model's, counted once elsewhere."""
     from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensor, FakeTensorMode
 
-    storages: dict[int, int] = {}
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    # The fakes the trace will use for the weights; held (as every saved tensor is) so that no
+    # storage is freed and its address reused while the trace runs.
+    fake_weights = [mode.from_tensor(w) for w in weights]
+    excluded = {w.untyped_storage()._cdata for w in fake_weights}
+    saved: dict[int, torch.Tensor] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         if isinstance(tensor, FakeTensor):
-            # Views of one activation share its storage: count the storage once.
-            storage = tensor.untyped_storage()
-            storages[storage._cdata] = storage.nbytes()
+            key = tensor.untyped_storage()._cdata  # views of one activation share its storage: counted once
+            if key not in excluded:
+                saved[key] = tensor
         return tensor
 
     # The loss read back for logging ends the trace (suppressed): every activation is saved by then.
-    with (
-        FakeTensorMode(allow_non_fake_inputs=True),
-        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
-        suppress(DataDependentOutputException),
-    ):
+    with mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), suppress(DataDependentOutputException):
         step()
-    return sum(storages.values())
+    return sum(t.untyped_storage().nbytes() for t in saved.values())
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,9 @@ def estimate_step_memory(
     pass changes state (batch-norm counters) that training must not see."""
     traced = deepcopy(module)
     with torch.random.fork_rng(devices=[]):
-        one = saved_activation_bytes(lambda: step(traced, fake_batch(template, 1))) / MB
-        two = saved_activation_bytes(lambda: step(traced, fake_batch(template, 2))) / MB
+        weights = [*traced.parameters(), *traced.buffers()]
+        one = saved_activation_bytes(lambda: step(traced, fake_batch(template, 1)), weights) / MB
+        two = saved_activation_bytes(lambda: step(traced, fake_batch(template, 2)), weights) / MB
     per_window = max(two - one, 0.0)
     trainable = [p for p in module.parameters() if p.requires_grad]
     return MemoryEstimate(

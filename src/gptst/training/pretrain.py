@@ -25,7 +25,7 @@ from gptst.metrics import valid_mask
 from gptst.models.gptst.bundle import save_encoder_bundle
 from gptst.models.gptst.config import GptstConfig
 from gptst.models.gptst.masker import AdaptiveMasker
-from gptst.models.gptst.model import GPTST, build_model
+from gptst.models.gptst.model import GPTST, HyperStack, build_model
 from gptst.models.gptst.objective import PretrainObjective
 from gptst.params import GptstModelParams, Params, PretrainParams
 from gptst.timing import phase
@@ -184,15 +184,19 @@ def check_pretrain_memory(
     estimate = pretrain_memory_estimate(objective, template, pre.batch_size, epoch, data)
     budget = memory_budget(pre.max_memory_mb, device)
     hints = []
-    if estimate.total_mb() > budget[0] and not objective.model.checkpointing:
-        objective.model.checkpointing = True
+    stacks = [m for m in objective.model.modules() if isinstance(m, HyperStack)]
+    if estimate.total_mb() > budget[0] and not any(stack.checkpointing for stack in stacks):
+        for stack in stacks:
+            stack.checkpointing = True
         try:
             checkpointed = pretrain_memory_estimate(objective, template, pre.batch_size, epoch, data)
         finally:
-            objective.model.checkpointing = False
+            for stack in stacks:
+                stack.checkpointing = False
+        fits = checkpointed.largest_batch(budget[0])
         hints.append(
             f"pretrain.model.activation_checkpointing: true needs {checkpointed.total_mb():,.0f} MB at batch "
-            f"{pre.batch_size} (batch {checkpointed.largest_batch(budget[0])} fits)"
+            f"{pre.batch_size}" + (f" (batch {fits} fits with it)" if fits else " (no batch fits with it either)")
         )
     check_memory(estimate, budget, "pretrain.batch_size", hints=hints)
     return estimate

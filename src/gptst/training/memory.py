@@ -18,6 +18,7 @@ loss read back for logging); the steps here reach that only after the last saved
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from copy import deepcopy
@@ -169,9 +170,12 @@ def device_memory_mb(device: str | torch.device) -> float:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory / MB
-    import psutil
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MB
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        import psutil
 
-    return psutil.virtual_memory().total / MB
+        return psutil.virtual_memory().total / MB
 
 
 def memory_budget(max_memory_mb: float | None, device: str | torch.device) -> tuple[float, str]:

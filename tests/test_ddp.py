@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -122,12 +123,29 @@ def reference_run(params, series) -> SimpleNamespace:
     )
 
 
-@pytest.fixture(scope="module")
-def ddp_run(week, tmp_path_factory):
-    """The torchrun run and the single-process reference, on the same 26-node slice of the week."""
+def tiled_week(week, nodes: int, seed: int = 0):
+    """SYNTHETIC: the week's sensors repeated up to ``nodes``, each copy after the first with its own
+    Gaussian noise (sd 1 km/h; missing zeros stay zero), so no two nodes carry the same series."""
+    rng = np.random.default_rng(seed)
+    copies = -(-nodes // len(week.node_ids))
+    blocks = [week.values] + [
+        np.where(week.values == 0, 0, week.values + rng.normal(0, 1, week.values.shape)).astype(np.float32)
+        for _ in range(copies - 1)
+    ]
+    ids = [f"{k}:{i}" for k in range(copies) for i in week.node_ids]
+    return replace(week, values=np.concatenate(blocks, axis=1)[:, :nodes].copy(), node_ids=ids[:nodes])
+
+
+@pytest.fixture(scope="module", params=["26 of the week's sensors", "716 tiled sensors"])
+def ddp_run(request, week, tmp_path_factory):
+    """The torchrun run and the single-process reference, on the same series: 26 sensors of the
+    week, or the week tiled to LargeST's SD size (716 nodes, SYNTHETIC)."""
     work = tmp_path_factory.mktemp("ddp")
-    sliced = replace(week, values=week.values[:, NODES].copy(), node_ids=[week.node_ids[i] for i in NODES])
-    write_series(work / "series.parquet", sliced)
+    if request.param.startswith("716"):
+        data = tiled_week(week, 716)
+    else:
+        data = replace(week, values=week.values[:, NODES].copy(), node_ids=[week.node_ids[i] for i in NODES])
+    write_series(work / "series.parquet", data)
     env = {
         k: v
         for k, v in os.environ.items()

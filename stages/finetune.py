@@ -4,13 +4,16 @@ Writes the forecaster bundle (``model.pt``, self-contained), the test forecasts
 (``predictions.npz``), the contract's metrics JSON for the test and validation windows and the
 per-epoch curves; logs an MLflow run (metric keys ``{split}_{metric}_h{k:02d}`` and
 ``{split}_{metric}_avg``) and registers the bundle as a version of ``<baseline>-<dataset>``
-tagged with the variant (idempotent: keyed by the bundle's DVC hash).
+tagged with the variant (idempotent: keyed by the bundle's DVC hash). Under
+`torchrun --nproc_per_node K` it trains data-parallel (K x finetune.common.batch_size windows per
+step); rank 0 writes, logs and registers.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +40,7 @@ METRICS_FILES = {"test": "metrics.json", "val": "val_metrics.json"}
 
 
 def _encoder_inputs(
-    args: argparse.Namespace, variant: str, dataset: str, device: str, tracking: TrackingSidecar
+    args: argparse.Namespace, variant: str, dataset: str, device: str, tracking: TrackingSidecar | None
 ) -> tuple[EncoderBundle | None, EncodedCache | None, dict[str, str], Pending | None]:
     """The frozen encoder of a gptst variant, its cache (gptst only), its lineage tags and the
     registry lookup of its version (answered by the tracking helper while training runs)."""
@@ -51,7 +54,9 @@ def _encoder_inputs(
     bundle = load_encoder(args.encoder, map_location=device)
     encoder_sha = sha256_file(args.encoder)
     cache = EncodedCache.open(args.encoded, encoder_sha) if variant == "gptst" and args.encoded is not None else None
-    version = tracking.find_version(encoder_model_name(dataset), md5_file(args.encoder)) if variant == "gptst" else None
+    version = None
+    if variant == "gptst" and tracking is not None:
+        version = tracking.find_version(encoder_model_name(dataset), md5_file(args.encoder))
     tags = {"encoder_version": "random" if variant == "gptst_random" else "", "encoder_sha256": encoder_sha}
     return bundle, cache, tags, version
 
@@ -123,7 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _finetune_item(args: argparse.Namespace, params: Params, tracking: TrackingSidecar) -> None:
+def _finetune_item(args: argparse.Namespace, params: Params, tracking: TrackingSidecar | None) -> None:
+    """Train and write one item; ``tracking`` None on the ranks other than 0 of a torchrun run,
+    which train their share of each batch and leave writing, logging and registering to rank 0."""
     # Imported here, once the tracking helper runs: it loads MLflow while this process loads torch.
     from gptst.data.series import load_series, read_series_metadata
     from gptst.device import resolve_device
@@ -136,12 +143,17 @@ def _finetune_item(args: argparse.Namespace, params: Params, tracking: TrackingS
     from gptst.training.baseline_config import baseline_config
     from gptst.training.finetune import DownstreamData, finetune
     from gptst.training.identity import run_identity
+    from gptst.training.trainer import Distributed
 
     name, variant, dataset = args.baseline, args.variant, params.dataset.name
     section = baseline_config(params, name)  # its resolved config; InputError naming baselines.<name>.<key>
     series = load_series(args.series)
     sha = read_series_metadata(args.series).get("source_sha256", "")
     device = resolve_device(params.device)
+    dist = Distributed.from_env()
+    if device == "cuda" and dist.world > 1:
+        device = f"cuda:{dist.local_rank}"
+    dist.init(device)
     graph = load_adjacency(args.adjacency)
     data = DownstreamData.prepare(params, series, graph, device)
     bundle, cache, encoder_tags, encoder_version = _encoder_inputs(args, variant, dataset, device, tracking)
@@ -163,6 +175,20 @@ def _finetune_item(args: argparse.Namespace, params: Params, tracking: TrackingS
         },
         code=[Path(__file__), Path(inspect.getfile(baseline_spec(name).cls))],
     )
+    if tracking is None:
+        finetune(
+            params,
+            data,
+            name,
+            variant,
+            encoder_bundle=bundle,
+            cache=cache,
+            state_dir=args.state,
+            device=device,
+            identity=identity,
+            dist=dist,
+        )
+        return
     with tracking.run(
         "finetune_gptst" if variant in ENCODER_VARIANTS else "finetune",
         params,
@@ -185,6 +211,7 @@ def _finetune_item(args: argparse.Namespace, params: Params, tracking: TrackingS
             device=device,
             log_fn=run.log_fn(),
             identity=identity,
+            dist=dist,
         )
         if encoder_version is not None:  # looked up meanwhile
             encoder_tags["encoder_version"] = encoder_version.result() or ""
@@ -223,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         params = load_params(args.params)
+        if int(os.environ.get("RANK", "0")) != 0:  # a torchrun rank other than 0: it only trains
+            _finetune_item(args, params, None)
+            return
         with TrackingSidecar.start(params.root) as tracking:
             _finetune_item(args, params, tracking)
 

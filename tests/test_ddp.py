@@ -1,5 +1,5 @@
-"""Data-parallel pre-training (torchrun, 2 CPU ranks, gloo) computes what one process computes on
-the union of both ranks' batches.
+"""Data-parallel training (torchrun, 2 CPU ranks, gloo) computes what one process computes on the
+union of both ranks' batches: pre-training at 26 and at 716 nodes, finetuning at 716.
 
 The worker (tests/scripts/ddp_worker.py) runs the library's ``pretrain`` under torchrun, so what is
 tested is the real wiring: DistributedDataParallel around the objective (find_unused_parameters:
@@ -123,6 +123,35 @@ def reference_run(params, series) -> SimpleNamespace:
     )
 
 
+def torchrun(worker: Path, work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``worker`` under torchrun with WORLD CPU ranks of one thread each, in ``work``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    env.update(
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    )
+    cmd = [
+        str(Path(sys.executable).parent / "torchrun"),
+        "--standalone",
+        "--nproc_per_node",
+        str(WORLD),
+        str(worker),
+        "--params",
+        str(REPO / "params.yaml"),
+        "--out",
+        str(work),
+        *args,
+    ]
+    proc = subprocess.run(cmd, check=False, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return proc
+
+
 def tiled_week(week, nodes: int, seed: int = 0):
     """SYNTHETIC: the week's sensors repeated up to ``nodes``, each copy after the first with its own
     Gaussian noise (sd 1 km/h; missing zeros stay zero), so no two nodes carry the same series."""
@@ -146,33 +175,7 @@ def ddp_run(request, week, tmp_path_factory):
     else:
         data = replace(week, values=week.values[:, NODES].copy(), node_ids=[week.node_ids[i] for i in NODES])
     write_series(work / "series.parquet", data)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    }
-    env.update(
-        OMP_NUM_THREADS="1",
-        PYTHONUNBUFFERED="1",
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-    )
-    cmd = [
-        str(Path(sys.executable).parent / "torchrun"),
-        "--standalone",
-        "--nproc_per_node",
-        str(WORLD),
-        str(WORKER),
-        "--params",
-        str(REPO / "params.yaml"),
-        "--overrides",
-        json.dumps(OVERRIDES),
-        "--series",
-        str(work / "series.parquet"),
-        "--out",
-        str(work),
-    ]
-    proc = subprocess.run(cmd, check=False, cwd=work, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    proc = torchrun(WORKER, work, "--overrides", json.dumps(OVERRIDES), "--series", str(work / "series.parquet"))
     ranks = [torch.load(work / f"final_rank{r}.pt", weights_only=True) for r in range(WORLD)]
     last = torch.load(work / "state" / "last.pt", weights_only=True)
     rank_states = [
@@ -282,3 +285,91 @@ def assert_same_optimizer(a: dict, b: dict, atol: float) -> None:
         for key in ("exp_avg", "exp_avg_sq"):
             diff = (sa[key] - sb[key]).abs().max().item()
             assert diff <= atol, f"param {index} {key} differs by {diff}"
+
+
+# --------------------------------------------------------------------------------- finetuning
+FINETUNE_WORKER = REPO / "tests" / "scripts" / "ddp_finetune_worker.py"
+FINETUNE_OVERRIDES = {
+    "preset": "tiny",
+    "finetune.common.epochs": 2,
+    "finetune.common.max_batches_per_epoch": 2,
+    "finetune.common.lr_decay_epochs": [1],
+}
+LOCAL_BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def ddp_finetune(week, tmp_path_factory):
+    """T-GCN (no dropout, no batch norm: nothing random in a step) finetuned on the week tiled to
+    716 nodes (SYNTHETIC; the road graph block-diagonal) by 2 ranks of 4 windows per step, and by
+    one process of 8 windows per step."""
+    from gptst.graph.bundle import load_adjacency, write_adjacency
+    from gptst.training import finetune as finetune_module
+    from gptst.training.trainer import Trainer
+
+    from .baseline_checks import week_graph
+
+    work = tmp_path_factory.mktemp("ddp-finetune")
+    series = tiled_week(week, 716)
+    road = week_graph(week).adj
+    adj = np.zeros((716, 716), dtype=np.float32)
+    for lo in range(0, 716, len(road)):
+        hi = min(lo + len(road), 716)
+        adj[lo:hi, lo:hi] = road[: hi - lo, : hi - lo]
+    write_series(work / "series.parquet", series)
+    write_adjacency(work / "adjacency.npz", adj, series.node_ids)
+    overrides = {**FINETUNE_OVERRIDES, "finetune.common.batch_size": LOCAL_BATCH}
+    torchrun(
+        FINETUNE_WORKER,
+        work,
+        "--overrides",
+        json.dumps(overrides),
+        "--series",
+        str(work / "series.parquet"),
+        "--adjacency",
+        str(work / "adjacency.npz"),
+        "--baseline",
+        "tgcn",
+    )
+    ranks = [torch.load(work / f"finetune_rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+    captured: dict[str, dict[str, torch.Tensor]] = {}
+
+    class CapturingTrainer(Trainer):
+        def _load_best(self) -> None:
+            captured["model"] = {k: v.clone() for k, v in self.model.state_dict().items()}
+            super()._load_best()
+
+    params = load_params(
+        REPO / "params.yaml", {**FINETUNE_OVERRIDES, "finetune.common.batch_size": WORLD * LOCAL_BATCH}
+    )
+    data = finetune_module.DownstreamData.prepare(
+        params, load_series(work / "series.parquet"), load_adjacency(work / "adjacency.npz")
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    original = finetune_module.Trainer
+    finetune_module.Trainer = CapturingTrainer  # type: ignore[misc]
+    try:
+        one = finetune_module.finetune(params, data, "tgcn", "plain", state_dir=work / "one", identity={"run": "one"})
+    finally:
+        finetune_module.Trainer = original  # type: ignore[misc]
+        torch.set_num_threads(threads)
+    initial = finetune_module.build_forecaster(params, data, "tgcn", "plain").state_dict()
+    return {"ranks": ranks, "one": captured["model"], "one_history": one.fit.history, "initial": initial}
+
+
+def test_data_parallel_finetuning_follows_the_single_process_trajectory_of_the_global_batch(ddp_finetune):
+    a, b = ddp_finetune["ranks"]
+    assert a["ddp"] and b["ddp"]
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name  # the ranks agree bit for bit
+    one = ddp_finetune["one"]
+    worst = max((a["model"][k] - one[k]).abs().max().item() for k in one)
+    assert worst <= 1e-5, f"the 2-rank weights differ from one process by up to {worst:.3g}"
+    unmoved = [k for k, v in ddp_finetune["initial"].items() if torch.equal(v, a["model"][k])]
+    assert not unmoved, f"untrained parameters: {unmoved}"  # a comparison of trained weights
+    ddp_loss = [row["train_loss"] for row in a["history"]]
+    one_loss = [row["train_loss"] for row in ddp_finetune["one_history"]]
+    assert len(ddp_loss) == len(one_loss) == 2
+    assert ddp_loss == pytest.approx(one_loss, rel=1e-5)

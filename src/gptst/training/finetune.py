@@ -258,9 +258,15 @@ def finetune(
     device: str = "cpu",
     log_fn: Callable[[int, dict[str, float]], None] | None = None,
     identity: Mapping[str, str] | None = None,
+    dist: Distributed | None = None,
 ) -> FinetuneResult:
     """Train ``baseline`` in ``variant`` on the training windows and score it; resumes from
-    ``state_dir`` when its checkpoint has the same ``identity`` (:mod:`gptst.training.identity`)."""
+    ``state_dir`` when its checkpoint has the same ``identity`` (:mod:`gptst.training.identity`).
+
+    Under ``torchrun`` (``dist`` of world K) each rank trains on its share of every global batch of
+    K x ``finetune.common.batch_size`` windows (DistributedDataParallel averages the gradients);
+    every rank scores the validation and test windows, rank 0 writes the checkpoints."""
+    dist = dist or Distributed()
     common = params.finetune.common
     encoder = variant_encoder(params, data, variant, encoder_bundle)
     if encoder is not None:
@@ -280,16 +286,19 @@ def finetune(
         )
     splits = data.splits
 
+    def local_batches(epoch: int) -> list[np.ndarray]:
+        chosen = epoch_batches(splits.train.starts, common.batch_size, epoch, params.seed, dist.rank, dist.world)
+        return chosen[: common.max_batches_per_epoch]
+
     def batches(epoch: int):
-        chosen = epoch_batches(splits.train.starts, common.batch_size, epoch, params.seed)
-        for starts in chosen[: common.max_batches_per_epoch]:
+        for starts in local_batches(epoch):
             yield data.batcher.gather(starts).to(device)
 
     def val_fn(module: Forecaster, epoch: int) -> float:
         table, _ = predict_windows(module, data, splits.val, common.batch_size, cache=cache)
         return table["avg"]["mae"]
 
-    steps = len(epoch_batches(splits.train.starts, common.batch_size, 1, params.seed)[: common.max_batches_per_epoch])
+    steps = len(local_batches(1))
     trainer = Trainer(
         forecaster,
         finetune_step_fn(params, data, baseline, cache),
@@ -299,7 +308,7 @@ def finetune(
         device=device,
         val_fn=val_fn,
         identity=identity if identity is not None else _library_identity(params, baseline, variant, encoder, device),
-        dist=Distributed(),
+        dist=dist,
         log_fn=log_fn,
     )
     fit = trainer.fit(batches, steps_per_epoch=steps)

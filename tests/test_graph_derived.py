@@ -85,6 +85,46 @@ def test_a_dtw_over_its_budget_fails_before_any_work_with_the_numbers():
     assert f"about {cost.seconds:,.0f} s" in message and "dtw_max_seconds" in message
 
 
+@pytest.fixture(scope="module")
+def week_inputs(week):
+    """The derived-graph inputs of the real week: its road graph and its training split (70%)."""
+    return derived_graph_inputs(week_graph(week).adj, week, range(0, 1411), DerivedGraphParams())
+
+
+@pytest.mark.parametrize("key", sorted(DERIVED_GRAPHS))
+def test_each_graphs_memory_estimate_is_within_30_percent_of_its_measured_peak(week_inputs, key):
+    import tracemalloc
+
+    built: dict[str, np.ndarray] = {}
+    for need in DERIVED_GRAPHS[key].needs:
+        built[need] = DERIVED_GRAPHS[need].build(week_inputs, built)
+    tracemalloc.start()  # numpy reports its allocations to tracemalloc
+    try:
+        DERIVED_GRAPHS[key].build(week_inputs, built)
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    estimate = DERIVED_GRAPHS[key].memory(week_inputs) / 2**20
+    assert 0.7 * peak <= estimate <= 1.3 * peak, f"{key}: estimated {estimate:.1f} MB, measured {peak:.1f} MB"
+
+
+def test_derived_graphs_over_the_memory_budget_are_refused_before_any_is_built(week_inputs):
+    # California's 8,600 sensors over a year of 5-minute training steps (a stand-in of that shape:
+    # the estimate reads only the shape).
+    ca = week_inputs._replace(
+        adj=np.zeros((1, 1)), train=np.broadcast_to(np.float32(0), (73_584, 8600, 1)), params=DerivedGraphParams()
+    )
+    with pytest.raises(DerivedGraphBudgetError) as err:
+        build_derived_graphs(["st_fusion", "st_local"], ca._replace(params=DerivedGraphParams(max_memory_mb=16_000)))
+    message = str(err.value)
+    assert "the derived graphs for 8,600 nodes need an estimated" in message
+    assert "(st_local 8,887 MB, st_fusion 5,643 MB, dtw 4,006 MB)" in message  # (3N)^2, (4N)^2, the DTW it needs
+    assert "over the budget of 16,000 MB (graph.derived.max_memory_mb)" in message
+    # The real week fits a small budget and is built.
+    built, _ = build_derived_graphs(["st_local"], week_inputs._replace(params=DerivedGraphParams(max_memory_mb=64)))
+    assert built["st_local"].shape == (621, 621)
+
+
 def test_daily_profiles_average_whole_days_and_skip_missing_readings():
     steps_per_day = 4
     train = np.arange(3 * steps_per_day + 2, dtype=np.float32).reshape(-1, 1, 1).repeat(2, axis=1)

@@ -171,6 +171,9 @@ class DerivedGraphParams(_Section):
     dtw_max_seconds: float = Field(600.0, gt=0, description="DTW: refuse, before starting, an estimate above this")
     dtw_max_memory_mb: float = Field(2048.0, gt=0, description="DTW: refuse an estimated peak above this")
     dtw_chunk_pairs: int = Field(65536, ge=1, description="DTW: node pairs computed at once")
+    max_memory_mb: float | None = Field(
+        None, gt=0, description="refuse, before building, derived graphs estimated above this; null: this machine's"
+    )
     correlation_min: float = Field(0.5, ge=-1, le=1, description="correlation: weaker correlations are dropped")
     svd_rank: int = Field(20, ge=1, description="svd_embedding: singular vectors kept")
     temporal_steps: int = Field(3, ge=2, description="st_local: steps of STSGCN's localised graph")

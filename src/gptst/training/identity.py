@@ -24,14 +24,20 @@ from gptst.params import Params
 NOT_IDENTITY = frozenset({"max_memory_mb"})
 
 
+def _without(value: Any, keys: frozenset[str]) -> Any:
+    """``value`` with the mapping keys ``keys`` left out, at any depth."""
+    if isinstance(value, dict):
+        return {k: _without(v, keys) for k, v in value.items() if k not in keys}
+    return value
+
+
 def section_digest(params: Params, dotted: str) -> str:
     """sha256 of one resolved params value (``seed``, ``windows``, ``finetune.common``), without
     the keys of ``NOT_IDENTITY``."""
     value: Any = params.model_dump(mode="json")
     for key in dotted.split("."):
         value = value[key]
-    if isinstance(value, dict):
-        value = {k: v for k, v in value.items() if k not in NOT_IDENTITY}
+    value = _without(value, NOT_IDENTITY)
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 

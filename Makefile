@@ -42,7 +42,7 @@ help:
 	@echo "make test   - install (first time), lint, and run the test suite"
 	@echo "make lint   - ruff (lint + format check) and mypy (src/gptst); config in pyproject.toml"
 	@echo "make ui     - MLflow UI on http://127.0.0.1:$(UI_PORT)"
-	@echo "make bench  - benchmarks (ingest memory, pre-training and finetuning speed, stage fixed cost, DTW cost, scale); tables on stdout"
+	@echo "make bench  - benchmarks (data path memory, pre-training and finetuning speed, stage fixed cost, DTW cost, scale, memory estimates); tables on stdout"
 	@echo "make gpu-deps - wheels for bench/gpu.sh on a GPU machine without a package registry (bench/gpu-deps/)"
 	@echo "make bench-accuracy [QUICK=1] - the accuracy study of bench/accuracy.yaml (resumable; bench/results/accuracy.md)"
 	@echo "make bench-ablations [QUICK=1] - ablations and robustness of bench/ablations.yaml (resumable; bench/results/ablations.md)"
@@ -98,6 +98,7 @@ bench: $(STAMP)
 	python bench/stage_overhead.py
 	python bench/dtw_cost.py
 	python bench/scale.py
+	python bench/memory_estimate.py
 
 # bench/gpu.sh on a GPU machine whose Python has torch, numpy, pandas, pyarrow, pyyaml and h5py but
 # no package registry: the wheels of the other imports, for that machine's Python (GPU_PYTHON).

@@ -386,3 +386,16 @@ def _h5_with_key(directory: Path, key: str) -> Path:
 def _npz(directory: Path, **arrays) -> Path:
     np.savez(directory / "x.npz", **arrays)
     return directory / "x.npz"
+
+
+def test_a_series_whose_sidecar_cannot_be_written_loads_into_memory_instead(tmp_path: Path, week_h5: Path, monkeypatch):
+    import gptst.data.series as series_module
+
+    def read_only(path):
+        raise PermissionError(13, "Read-only file system", str(path))
+
+    ingest(speed(), week_h5, tmp_path / "s.parquet", tmp_path / "m.json")
+    monkeypatch.setattr(series_module, "atomic_path", read_only)
+    data = load_series(tmp_path / "s.parquet", mmap=True)
+    assert not isinstance(data.values, np.memmap) and data.values.shape == (2016, 207, 1)
+    assert not list(tmp_path.glob(".*.values.npy"))

@@ -193,7 +193,14 @@ def load_series(path: str | Path, *, mmap: bool | None = None) -> SeriesData:
     T, N, C = parquet.metadata.num_rows, len(node_ids), len(channels)
     if mmap is None:
         mmap = T * N * C * 4 >= MMAP_MIN_BYTES
-    values = _memory_mapped_values(path, parquet, (T, N, C)) if mmap else _read_values(parquet, (T, N, C))
+    values = None
+    if mmap:
+        try:
+            values = _memory_mapped_values(path, parquet, (T, N, C))
+        except OSError:  # a read-only folder, a full disk: read it into memory instead
+            values = None
+    if values is None:
+        values = _read_values(parquet, (T, N, C))
     stamps = parquet.read(columns=[TIMESTAMP_COLUMN]).column(0).to_numpy()
     return SeriesData(
         values=values,

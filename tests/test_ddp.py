@@ -1,5 +1,5 @@
 """Data-parallel training (torchrun, 2 CPU ranks, gloo) computes what one process computes on the
-union of both ranks' batches: pre-training at 26 and at 716 nodes, finetuning at 716.
+union of both ranks' batches: pre-training and finetuning at 716 nodes (the week tiled, SYNTHETIC).
 
 The worker (tests/scripts/ddp_worker.py) runs the library's ``pretrain`` under torchrun, so what is
 tested is the real wiring: DistributedDataParallel around the objective (find_unused_parameters:
@@ -47,7 +47,6 @@ OVERRIDES = {
     "pretrain.batch_size": 8,
     "pretrain.lr_decay_epochs": [1],
 }
-NODES = list(range(0, 207, 8))  # 26 of the week's 207 sensors: the same code paths, a fraction of the time
 
 
 def reference_run(params, series) -> SimpleNamespace:
@@ -165,16 +164,12 @@ def tiled_week(week, nodes: int, seed: int = 0):
     return replace(week, values=np.concatenate(blocks, axis=1)[:, :nodes].copy(), node_ids=ids[:nodes])
 
 
-@pytest.fixture(scope="module", params=["26 of the week's sensors", "716 tiled sensors"])
-def ddp_run(request, week, tmp_path_factory):
-    """The torchrun run and the single-process reference, on the same series: 26 sensors of the
-    week, or the week tiled to LargeST's SD size (716 nodes, SYNTHETIC)."""
+@pytest.fixture(scope="module")
+def ddp_run(week, tmp_path_factory):
+    """The torchrun run and the single-process reference, on the same series: the week tiled to
+    LargeST's SD size (716 nodes, SYNTHETIC)."""
     work = tmp_path_factory.mktemp("ddp")
-    if request.param.startswith("716"):
-        data = tiled_week(week, 716)
-    else:
-        data = replace(week, values=week.values[:, NODES].copy(), node_ids=[week.node_ids[i] for i in NODES])
-    write_series(work / "series.parquet", data)
+    write_series(work / "series.parquet", tiled_week(week, 716))
     proc = torchrun(WORKER, work, "--overrides", json.dumps(OVERRIDES), "--series", str(work / "series.parquet"))
     ranks = [torch.load(work / f"final_rank{r}.pt", weights_only=True) for r in range(WORLD)]
     last = torch.load(work / "state" / "last.pt", weights_only=True)

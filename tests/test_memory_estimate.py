@@ -128,3 +128,15 @@ def test_within_the_budget_the_run_proceeds_and_reports_its_estimate(params, dat
     result = finetune(quick, data, "tgcn", "plain", state_dir=tmp_path)
     assert result.memory is not None and result.memory.total_mb() < 1024
     check_memory(result.memory, (result.memory.total_mb(), "the budget"), "finetune.common.batch_size")
+
+
+@pytest.mark.parametrize("baseline", ["gwn", "astgcn"])
+def test_small_networks_are_traced_for_real_and_agree_with_the_fake_trace(params, data, baseline, monkeypatch):
+    import gptst.training.memory as memory
+
+    forecaster = build_forecaster(params, data, baseline, "plain")
+    real = finetune_memory_estimate(params, data, baseline, "plain", forecaster, "cpu")  # 40 nodes: real
+    monkeypatch.setattr(memory, "REAL_TRACE_MAX_NODES", 0)
+    fake = finetune_memory_estimate(params, data, baseline, "plain", forecaster, "cpu")
+    assert real.activations_per_window_mb == pytest.approx(fake.activations_per_window_mb, rel=0.02)
+    assert real.fixed_activations_mb == pytest.approx(fake.fixed_activations_mb, rel=0.05, abs=0.01)

@@ -6,8 +6,9 @@ The estimate adds what a step holds at its peak, the start of the backward pass:
 - the model's weights, and for the trainable ones their gradients and Adam's two moments;
 - the activations autograd saves for the backward pass, traced by running the step once at batch
   1 and once at batch 2 on fake tensors (``FakeTensorMode``: shapes and dtypes, no storage), so a
-  step that would need 50 GB is measured in a second without allocating it. Batch 1 and 2 give the
-  part that grows with the batch and the part that does not (learned N x N graphs, supports);
+  step that would need 50 GB is measured in a second without allocating it (up to 256 nodes the
+  two small steps run for real instead: cheaper than importing the fake-tensor machinery). Batch 1
+  and 2 give the part that grows with the batch and the part that does not (learned N x N graphs);
 - a factor for what the backward pass holds beside them (the gradients of the activations it is
   working on) and a constant for the runtime's own buffers, both measured on the baselines and
   GPT-ST at N = 716 (``bench/memory_estimate.py``).
@@ -36,25 +37,42 @@ ACTIVATION_PEAK_FACTOR = 2.0
 # What the first steps allocate beside tensors (kernels' workspaces, thread pools, allocator caches),
 # measured the same way.
 RUNTIME_MB = 128.0
+# Networks up to this many nodes are traced by running the step for real (see estimate_step_memory).
+REAL_TRACE_MAX_NODES = 256
 
 
-def saved_activation_bytes(step: Callable[[], object], weights: Iterable[torch.Tensor] = ()) -> int:
-    """Bytes of the tensors autograd saves for backward when ``step()`` runs, traced on fake
-    tensors: ``step`` must create its inputs inside the call (they are then fake). ``weights``
-    (the model's parameters and buffers, which stay real) and views of them are not counted: they
-    are the model's, counted once elsewhere."""
+def saved_activation_bytes(
+    step: Callable[[], object], weights: Iterable[torch.Tensor] = (), *, fake: bool = True
+) -> int:
+    """Bytes of the tensors autograd saves for backward when ``step()`` runs; ``step`` creates its
+    inputs inside the call. ``weights`` (the model's parameters and buffers) and views of them are
+    not counted: they are the model's, counted once elsewhere.
+
+    With ``fake`` the step runs on fake tensors (shapes only, no memory: the inputs it creates are
+    fake, the weights stay real); otherwise it runs for real, which costs its activations."""
+    saved: dict[int, torch.Tensor] = {}  # held, as autograd holds them: no storage freed and reused
+    if not fake:
+        excluded = {w.untyped_storage().data_ptr() for w in weights}
+
+        def pack_real(tensor: torch.Tensor) -> torch.Tensor:
+            key = tensor.untyped_storage().data_ptr()  # views of one activation share it: counted once
+            if key not in excluded:
+                saved[key] = tensor
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack_real, lambda t: t):
+            step()
+        return sum(t.untyped_storage().nbytes() for t in saved.values())
+
     from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensor, FakeTensorMode
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
-    # The fakes the trace will use for the weights; held (as every saved tensor is) so that no
-    # storage is freed and its address reused while the trace runs.
-    fake_weights = [mode.from_tensor(w) for w in weights]
+    fake_weights = [mode.from_tensor(w) for w in weights]  # the fakes the trace will use for them
     excluded = {w.untyped_storage()._cdata for w in fake_weights}
-    saved: dict[int, torch.Tensor] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         if isinstance(tensor, FakeTensor):
-            key = tensor.untyped_storage()._cdata  # views of one activation share its storage: counted once
+            key = tensor.untyped_storage()._cdata
             if key not in excluded:
                 saved[key] = tensor
         return tensor
@@ -147,10 +165,14 @@ def estimate_step_memory(
     holds when the step backpropagates in parts. The trace runs on a copy of ``module``: a forward
     pass changes state (batch-norm counters) that training must not see."""
     traced = deepcopy(module)
-    with torch.random.fork_rng(devices=[]):
+    # Up to REAL_TRACE_MAX_NODES the step runs for real at batch 1 and 2 (a few MB, milliseconds);
+    # above, on fake tensors, whose machinery costs PyTorch ~1.5 s to import the first time.
+    fake = template.x.shape[2] > REAL_TRACE_MAX_NODES
+    devices = [template.x.device] if template.x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
         weights = [*traced.parameters(), *traced.buffers()]
-        one = saved_activation_bytes(lambda: step(traced, fake_batch(template, 1)), weights) / MB
-        two = saved_activation_bytes(lambda: step(traced, fake_batch(template, 2)), weights) / MB
+        one = saved_activation_bytes(lambda: step(traced, fake_batch(template, 1)), weights, fake=fake) / MB
+        two = saved_activation_bytes(lambda: step(traced, fake_batch(template, 2)), weights, fake=fake) / MB
     per_window = max(two - one, 0.0)
     trainable = [p for p in module.parameters() if p.requires_grad]
     return MemoryEstimate(

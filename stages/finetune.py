@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -175,19 +176,21 @@ def _finetune_item(args: argparse.Namespace, params: Params, tracking: TrackingS
         },
         code=[Path(__file__), Path(inspect.getfile(baseline_spec(name).cls))],
     )
+    train = partial(
+        finetune,
+        params,
+        data,
+        name,
+        variant,
+        encoder_bundle=bundle,
+        cache=cache,
+        state_dir=args.state,
+        device=device,
+        identity=identity,
+        dist=dist,
+    )
     if tracking is None:
-        finetune(
-            params,
-            data,
-            name,
-            variant,
-            encoder_bundle=bundle,
-            cache=cache,
-            state_dir=args.state,
-            device=device,
-            identity=identity,
-            dist=dist,
-        )
+        train()
         return
     with tracking.run(
         "finetune_gptst" if variant in ENCODER_VARIANTS else "finetune",
@@ -200,19 +203,7 @@ def _finetune_item(args: argparse.Namespace, params: Params, tracking: TrackingS
         dataset=dataset_input(params, args.series, sha),
     ) as run:
         run.log_params({f"baselines.{name}.{k}": v for k, v in section.model_dump(mode="json").items()})
-        result = finetune(
-            params,
-            data,
-            name,
-            variant,
-            encoder_bundle=bundle,
-            cache=cache,
-            state_dir=args.state,
-            device=device,
-            log_fn=run.log_fn(),
-            identity=identity,
-            dist=dist,
-        )
+        result = train(log_fn=run.log_fn())
         if encoder_version is not None:  # looked up meanwhile
             encoder_tags["encoder_version"] = encoder_version.result() or ""
             run.set_tags(encoder_tags)

@@ -302,7 +302,7 @@ def _pretrained(study: Study, dataset: str, seed: int, config: str, series: Seri
     if result.model.cfg.use_clusters:
         batcher = WindowBatcher(
             series.values,
-            calendar_features(series.timestamps, series.freq),
+            calendar_features(series.stamps, series.freq),
             result.scaler,
             params.windows.t_in,
             params.windows.t_out,

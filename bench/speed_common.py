@@ -205,7 +205,7 @@ def pretrain_trainer(params, series, batch_size: int, device: str, workdir: Path
     from gptst.training.trainer import Trainer
 
     pre, windows = params.pretrain, params.windows
-    splits = make_splits(len(series.timestamps), params.dataset.split, windows)
+    splits = make_splits(len(series.stamps), params.dataset.split, windows)
     scaler = fit_train_scaler(series, splits.steps)
     batcher = WindowBatcher.from_series(series, scaler, windows.t_in, windows.t_out)
     model = build_pretrain_model(params, series, scaler)

@@ -53,8 +53,8 @@ def forecast_champion(workspace: str, baseline: str, tracking_uri: str | None = 
     model = mlflow.pyfunc.load_model(uri)
     series = load_series(processed_dir(root, dataset) / "series.parquet")
     t_in = params.windows.t_in
-    if len(series.timestamps) < t_in:
-        raise InputError(root / "params.yaml", "windows.t_in", f"{t_in} steps, the series has {len(series.timestamps)}")
+    if len(series.stamps) < t_in:
+        raise InputError(root / "params.yaml", "windows.t_in", f"{t_in} steps, the series has {len(series.stamps)}")
     window = series.values[-t_in:]
     frame = pd.DataFrame(
         {

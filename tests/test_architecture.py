@@ -6,14 +6,16 @@ Everything here is static (ast, no imports executed), so it runs in a second.
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pytest
 import yaml
 
-from gptst.code_closure import direct_imports, import_closure, module_name
+from gptst.code_closure import _imported_names, direct_imports, import_closure, module_name
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = ROOT / "src" / "gptst"
@@ -125,6 +127,43 @@ def test_type_checking_imports_are_not_dependencies(tmp_path):
         "from gptst.errors import InputError\n"
     )
     assert {module_name(p) for p in direct_imports(script)} == {"gptst", "gptst.errors"}
+
+
+def _imports_of(script: Path) -> set[str]:
+    _imported_names.cache_clear()  # what another process would see: only the kept entries
+    return {module_name(p) for p in direct_imports(script)}
+
+
+def test_the_imports_of_a_file_are_kept_beside_it_and_reread_only_when_its_source_changes(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    script = tmp_path / "script.py"
+    script.write_text("from gptst.errors import InputError\n")
+    assert _imports_of(script) == {"gptst", "gptst.errors"}
+    kept = tmp_path / "__pycache__" / "script.imports.json"
+    entry = json.loads(kept.read_text())
+    assert entry["names"] == ["gptst.errors", "gptst.errors.InputError"]
+
+    # An entry for these exact bytes is trusted without parsing (planted: the proof it is read).
+    kept.write_text(json.dumps({**entry, "names": ["gptst.io"]}))
+    assert _imports_of(script) == {"gptst", "gptst.io"}
+
+    # Changed source: the entry's key no longer matches, the file is parsed again.
+    script.write_text("from gptst.errors import InputError\nimport gptst.layout\n")
+    assert _imports_of(script) == {"gptst", "gptst.errors", "gptst.layout"}
+    kept.write_text("{not json")
+    assert _imports_of(script) == {"gptst", "gptst.errors", "gptst.layout"}
+
+
+def test_nothing_is_kept_where_python_may_not_write_bytecode(tmp_path, monkeypatch):
+    script = tmp_path / "script.py"
+    script.write_text("import gptst.layout\n")
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # PYTHONDONTWRITEBYTECODE=1
+    assert _imports_of(script) == {"gptst", "gptst.layout"}
+    assert not (tmp_path / "__pycache__").exists()
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    (tmp_path / "__pycache__").write_text("a file where the folder would be")  # cannot be written
+    assert _imports_of(script) == {"gptst", "gptst.layout"}
 
 
 # ------------------------------------------------------------------------------- DVC stage deps

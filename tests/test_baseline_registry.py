@@ -232,3 +232,26 @@ def project_nodes(project: Path) -> list[str]:
     from gptst.data.series import read_series_metadata
 
     return list(read_series_metadata(project / "series.parquet")["node_ids"])
+
+
+def test_a_finetune_item_never_imports_pandas_or_parses_its_own_imports_twice(tmp_path: Path, week):
+    """A finetune item's process pays for what it uses: pandas (0.4 s of imports) is for the
+    evaluation and serving code, not for training (its series, calendar, curves and model log)."""
+    shutil.copytree(REPO_ROOT / "presets", tmp_path / "presets")
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    raw["preset"] = "tiny"
+    raw["finetune"]["baselines"] = ["tgcn"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    series = replace(week, values=np.ascontiguousarray(week.values[:, :NODES]), node_ids=week.node_ids[:NODES])
+    write_series(tmp_path / "series.parquet", series)
+    graph = week_graph(week, nodes=NODES)
+    write_adjacency(tmp_path / "adjacency.npz", graph.adj, graph.node_ids)
+    args = finetune_args(tmp_path, "tgcn", tmp_path / "out", tmp_path / "reports")
+    out = _run(
+        "import sys\n"
+        "from stages.finetune import main\n"
+        f"assert main({args!r}) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pandas', 'matplotlib')))\n"
+    )
+    assert out.splitlines()[-1] == "[]"
+    assert (tmp_path / "reports" / "curves.csv").read_text().startswith("epoch,")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gptst.data.calendar import calendar_features, calendar_indices, infer_step, steps_per_day
+from gptst.data.calendar import calendar_features, calendar_indices, infer_step, step_nanoseconds, steps_per_day
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +86,28 @@ def test_a_single_timestamp_needs_an_explicit_frequency():
     with pytest.raises(ValueError, match="pass freq"):
         calendar_indices(one)
     assert calendar_indices(one, "5min").slot.tolist() == [1]
+
+
+@pytest.mark.parametrize(
+    "alias", ["5min", "min", "15min", "1h", "h", "2h", "30s", "s", "500ms", "10us", "7ns", "D", "1D"]
+)
+def test_fixed_aliases_read_without_pandas_agree_with_pandas(alias):
+    assert step_nanoseconds(alias) == pd.Timedelta(pd.tseries.frequencies.to_offset(alias)).value
+
+
+@pytest.mark.parametrize("freq", ["0min", "MS", "W", "nonsense"])
+def test_a_zero_or_calendar_frequency_is_refused_whichever_path_reads_it(freq):
+    with pytest.raises(ValueError, match="frequency"):
+        step_nanoseconds(freq)
+
+
+def test_a_datetime64_array_and_a_local_time_index_have_the_calendar_of_their_wall_clock():
+    naive = pd.date_range("1969-12-29 22:00", periods=60, freq="h")  # across 1970 and a Monday
+    expected = calendar_indices(naive, "h")
+    for stamps in (naive.values, naive.tz_localize("America/Los_Angeles")):
+        got = calendar_indices(stamps, "h")
+        np.testing.assert_array_equal(got.slot, expected.slot)
+        np.testing.assert_array_equal(got.weekday, expected.weekday)
+    np.testing.assert_array_equal(expected.slot, naive.hour)
+    np.testing.assert_array_equal(expected.weekday, naive.day_of_week)
+    np.testing.assert_array_equal(calendar_features(naive.values, "h"), calendar_features(naive, "h"))

@@ -28,7 +28,7 @@ def _windows(series, t_in: int, starts=STARTS, nodes: int | None = None):
     values = series.values if nodes is None else series.values[:, :nodes]
     scaler = StandardScaler.fit(values[: int(0.7 * len(values))], null_value=series.null_value)
     scaled = np.nan_to_num(scaler.transform(values))
-    calendar = calendar_features(series.timestamps, series.freq)
+    calendar = calendar_features(series.stamps, series.freq)
     x = torch.from_numpy(np.stack([scaled[s : s + t_in] for s in starts]))
     cal = torch.from_numpy(np.stack([calendar[s : s + t_in] for s in starts]))
     zero_value = tuple(float(v) for v in -scaler.mean / scaler.std)

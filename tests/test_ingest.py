@@ -15,7 +15,7 @@ import pytest
 
 from gptst.data.ingest import infer_freq, ingest
 from gptst.data.readers import read_raw_series
-from gptst.data.series import canonical_id, load_series, read_series_metadata
+from gptst.data.series import canonical_id, column_values, load_series, read_series_metadata
 from gptst.errors import InputError
 from gptst.params import DatasetParams
 from stages import ingest as ingest_stage
@@ -399,3 +399,20 @@ def test_a_series_whose_sidecar_cannot_be_written_loads_into_memory_instead(tmp_
     data = load_series(tmp_path / "s.parquet", mmap=True)
     assert not isinstance(data.values, np.memmap) and data.values.shape == (2016, 207, 1)
     assert not list(tmp_path.glob(".*.values.npy"))
+
+
+def test_columns_read_from_their_buffers_equal_pyarrows_own_conversion():
+    import pyarrow as pa
+
+    values = np.arange(10, dtype=np.float32)
+    stamps = np.arange("2012-03-01T00:00", "2012-03-01T00:50", np.timedelta64(5, "m"), dtype="datetime64[us]")
+    columns = [
+        pa.chunked_array([pa.array(values).slice(3), pa.array(values[:4])]),  # offsets, several chunks
+        pa.chunked_array([pa.array([1.5, None, np.nan], pa.float64())]),  # a null: pyarrow's own path
+        pa.chunked_array([pa.array(stamps).slice(2, 5)]),
+        pa.chunked_array([pa.array([1, 2], pa.int32())]),  # not float or timestamp: pyarrow's own path
+    ]
+    for column in columns:
+        got, expected = column_values(column), column.to_numpy()
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)

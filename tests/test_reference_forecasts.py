@@ -24,7 +24,7 @@ def _series(values: np.ndarray, freq: str = "6h", start: str = "2024-01-01") -> 
     timestamps = pd.date_range(start, periods=len(values), freq=freq)
     return SeriesData(
         values=np.asarray(values, dtype=np.float32)[:, :, None],
-        timestamps=timestamps,
+        stamps=timestamps.values,
         node_ids=[str(i) for i in range(values.shape[1])],
         channels=["speed"],
         freq=freq,

@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from gptst.reporting import print_outputs
+from gptst.reporting import plot_curves, print_outputs, write_curves
 
 from .conftest import REPO_ROOT
 
@@ -36,3 +36,21 @@ def test_outputs_list_files_group_item_folders_and_end_with_the_comparison_and_t
     assert "| gwn | 4.17 |" in out
     assert "gwn-metr-la-week: promoted version 1: no champion yet" in out
     assert out.rstrip().endswith("MLflow UI: make ui  (http://127.0.0.1:5000)")
+
+
+def test_the_curves_file_is_what_pandas_writes_for_the_history(tmp_path: Path):
+    import pandas as pd
+
+    history = [
+        {"epoch": 1, "train_loss": 0.123456789012, "val_metric": 7.33, "seconds": 1.2, "lr": 0.003},
+        {"epoch": 2, "train_loss": 1e-05, "val_metric": float("nan"), "seconds": 1.1, "lr": 0.0009},
+        {"epoch": 3, "train_loss": 2.5, "val_metric": 6.0, "seconds": 0.9, "lr": 0.0009, "train_kl": 0.5},
+    ]
+    rows = write_curves(history, tmp_path / "curves.csv")
+
+    expected = pd.DataFrame(history).drop(columns="seconds").rename(columns={"val_metric": "val_mae"})
+    expected["epoch"] = expected["epoch"].astype(int)
+    expected.to_csv(tmp_path / "pandas.csv", index=False)
+    assert (tmp_path / "curves.csv").read_text() == (tmp_path / "pandas.csv").read_text()
+    assert [row["epoch"] for row in rows] == [1, 2, 3] and "seconds" not in rows[0]
+    assert plot_curves(rows, tmp_path / "curves.png").stat().st_size > 0

@@ -135,8 +135,8 @@ def with_values(series: SeriesData, values: np.ndarray) -> SeriesData:
 
 def with_timestamps(series: SeriesData, keep: np.ndarray | None = None, timestamps=None) -> SeriesData:
     if keep is not None:
-        return dataclasses.replace(series, values=series.values[keep], timestamps=series.timestamps[keep])
-    return dataclasses.replace(series, timestamps=pd.DatetimeIndex(timestamps))
+        return dataclasses.replace(series, values=series.values[keep], stamps=series.stamps[keep])
+    return dataclasses.replace(series, stamps=np.asarray(timestamps, dtype="datetime64[ns]"))
 
 
 # --------------------------------------------------------------------------------- real data

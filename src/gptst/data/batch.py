@@ -95,7 +95,7 @@ class WindowBatcher:
         device: torch.device | str | None = None,
     ) -> WindowBatcher:
         """A batcher over ``series`` with its calendar features."""
-        calendar = calendar_features(series.timestamps, series.freq)
+        calendar = calendar_features(series.stamps, series.freq)
         return cls(series.values, calendar, scaler, t_in, t_out, device)
 
     @property

@@ -84,7 +84,7 @@ def series_axes(raw: RawSeries, dataset: DatasetParams, source: Path, params_fil
     if len(names) != C:
         raise InputError(params_file, "dataset.channel_names", f"{len(names)} names for {C} channels in {source}")
     return SeriesAxes(
-        timestamps=timestamps,
+        stamps=np.asarray(timestamps.values, dtype="datetime64[ns]"),
         node_ids=list(node_ids),
         channels=list(names),
         freq=freq,

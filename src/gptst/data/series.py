@@ -11,16 +11,19 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gptst.errors import InputError
 from gptst.io import atomic_path
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 METADATA_KEY = b"gptst"
 TIMESTAMP_COLUMN = "timestamp"
@@ -34,12 +37,19 @@ MMAP_MIN_BYTES = 256 << 20
 class SeriesAxes:
     """What a series is over, without its values: steps, nodes, channels and their meaning."""
 
-    timestamps: pd.DatetimeIndex
+    stamps: np.ndarray  # datetime64[ns] [T], naive (as stored)
     node_ids: list[str]
     channels: list[str]
     freq: str | None
     null_value: float | None
     kind: str
+
+    @cached_property
+    def timestamps(self) -> pd.DatetimeIndex:
+        """The steps as a pandas index (pandas is imported on first use: the training stages never need it)."""
+        import pandas as pd
+
+        return pd.DatetimeIndex(self.stamps, name=TIMESTAMP_COLUMN)
 
 
 @dataclass(frozen=True)
@@ -104,7 +114,7 @@ def open_series_writer(
     The file appears at ``path`` when every step of ``axes`` has been written and the block exits
     without an error; otherwise the previous file is left as it was.
     """
-    T, N, C = len(axes.timestamps), len(axes.node_ids), len(axes.channels)
+    T, N, C = len(axes.stamps), len(axes.node_ids), len(axes.channels)
     meta = {
         "node_ids": list(axes.node_ids),
         "channels": list(axes.channels),
@@ -118,7 +128,7 @@ def open_series_writer(
         [pa.field(TIMESTAMP_COLUMN, pa.timestamp("us"))] + [pa.field(n, pa.float32()) for n in names],
         metadata={METADATA_KEY: json.dumps(meta).encode()},
     )
-    stamps = axes.timestamps.values.astype("datetime64[us]")
+    stamps = axes.stamps.astype("datetime64[us]")
     written = 0
 
     def write(values: np.ndarray) -> None:
@@ -144,10 +154,10 @@ def open_series_writer(
 def write_series(path: str | Path, data: SeriesData, extra_metadata: dict[str, Any] | None = None) -> Path:
     """Write ``data`` as the canonical Parquet series, atomically."""
     T, N, C = data.values.shape
-    if len(data.timestamps) != T or len(data.node_ids) != N or len(data.channels) != C:
+    if len(data.stamps) != T or len(data.node_ids) != N or len(data.channels) != C:
         raise ValueError(
             f"axes do not match values {data.values.shape}: "
-            f"{len(data.timestamps)} timestamps, {len(data.node_ids)} nodes, {len(data.channels)} channels"
+            f"{len(data.stamps)} timestamps, {len(data.node_ids)} nodes, {len(data.channels)} channels"
         )
     step = rows_per_group(N * C)
     with open_series_writer(path, data, extra_metadata) as write:
@@ -201,16 +211,38 @@ def load_series(path: str | Path, *, mmap: bool | None = None) -> SeriesData:
             values = None
     if values is None:
         values = _read_values(parquet, (T, N, C))
-    stamps = parquet.read(columns=[TIMESTAMP_COLUMN]).column(0).to_numpy()
+    stamps = column_values(parquet.read(columns=[TIMESTAMP_COLUMN]).column(0))
     return SeriesData(
         values=values,
-        timestamps=pd.DatetimeIndex(stamps, name=TIMESTAMP_COLUMN),
+        stamps=np.asarray(stamps, dtype="datetime64[ns]"),
         node_ids=list(node_ids),
         channels=list(channels),
         freq=meta.get("freq"),
         null_value=meta.get("null_value"),
         kind=meta.get("kind", "speed"),
     )
+
+
+def column_values(column: pa.ChunkedArray) -> np.ndarray:
+    """A float or timestamp column as numpy, read from its buffers where it has no nulls.
+
+    pyarrow's own ``to_numpy`` imports pandas (0.4 s), which a training process otherwise never
+    loads; a column with nulls still goes through it.
+    """
+    parts = []
+    for chunk in column.chunks:
+        if chunk.null_count or not (pa.types.is_floating(chunk.type) or pa.types.is_timestamp(chunk.type)):
+            parts.append(chunk.to_numpy(zero_copy_only=False))
+            continue
+        if pa.types.is_timestamp(chunk.type):
+            dtype = np.dtype(f"datetime64[{chunk.type.unit}]")
+        else:
+            dtype = np.dtype(f"float{chunk.type.bit_width}")
+        data = chunk.buffers()[1]
+        parts.append(np.frombuffer(data, dtype=dtype, count=len(chunk), offset=chunk.offset * dtype.itemsize))
+    if not parts:
+        return np.empty(0, dtype=np.float32)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _read_values(parquet: pq.ParquetFile, shape: tuple[int, int, int], out: np.ndarray | None = None) -> np.ndarray:
@@ -223,7 +255,7 @@ def _read_values(parquet: pq.ParquetFile, shape: tuple[int, int, int], out: np.n
         rows = table.num_rows
         block = values[row : row + rows].reshape(rows, N * C)
         for i in range(N * C):
-            block[:, i] = table.column(i + 1).to_numpy(zero_copy_only=False)
+            block[:, i] = column_values(table.column(i + 1))
         row += rows
     if row != T:
         raise ValueError(f"read {row} rows of {T}")

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from gptst.data.series import TIMESTAMP_COLUMN, column_name
+
+if TYPE_CHECKING:  # pandas is imported by the functions that serve: the training stages only log the model
+    import pandas as pd
 
 BUNDLE_ARTIFACT = "bundle"
 # The code MLflow runs to build the model ("models from code": nothing is unpickled at load time).
@@ -59,6 +60,7 @@ def signature_columns(node_ids: Sequence[str], channels: Sequence[str]) -> tuple
 def forecast_frame(bundle: Any, frame: pd.DataFrame) -> pd.DataFrame:
     """The long forecast of ``bundle`` (a ForecasterBundle) from the newest T_in rows of ``frame``."""
     import numpy as np
+    import pandas as pd
     import torch
 
     from gptst.data.batch import WindowBatcher
@@ -96,6 +98,7 @@ def window_values(bundle: Any, frame: pd.DataFrame) -> tuple[Any, pd.DatetimeInd
     """The newest T_in rows of ``frame`` as values [T_in, N, C] float32 and their timestamps,
     checked against the model's nodes, channels, frequency and window length."""
     import numpy as np
+    import pandas as pd
 
     if not isinstance(frame, pd.DataFrame):
         raise serving_error(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ EXPERIMENT_KIND = "custom_model_development"
 PIPELINE_RUN_ENV = "GPTST_PIPELINE_RUN"
 # MLflow refuses dataset digests longer than this.
 MLFLOW_DIGEST_CHARS = 36
+# What MLflow's model saving calls to warn about unmet pip requirements (see log_pyfunc_model).
+MLFLOW_REQUIREMENT_CHECK = "warn_dependency_requirement_mismatches"
 
 
 def tracking_uri(root: str | Path | None = None) -> str:
@@ -251,6 +254,62 @@ def log_stage_run(
     return run.info.run_id
 
 
+def unsatisfied_requirements(requirements: Sequence[str]) -> list[str]:
+    """The pip requirements this environment does not satisfy, as ``name (installed X, required R)``.
+
+    Each is looked up by its distribution name; requirements that are not ``name[specifier]``
+    (a path, a URL) and those whose marker excludes this environment are skipped.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    unsatisfied = []
+    for text in requirements:
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        try:
+            installed = version(requirement.name)
+        except PackageNotFoundError:
+            unsatisfied.append(f"{requirement.name} (not installed, required {text})")
+            continue
+        if not requirement.specifier.contains(installed, prereleases=True):
+            unsatisfied.append(f"{requirement.name} (installed {installed}, required {text})")
+    return unsatisfied
+
+
+def _warn_unsatisfied(requirements: list[str]) -> None:
+    if unsatisfied := unsatisfied_requirements(requirements):
+        logging.getLogger(__name__).warning(
+            "the model's pip requirements are not met by this environment: %s", "; ".join(unsatisfied)
+        )
+
+
+@contextlib.contextmanager
+def _requirements_checked_by_name() -> Iterator[None]:
+    """While saving a model, check its pip requirements by distribution name.
+
+    MLflow's own check first maps every installed module to its distribution by reading each
+    distribution's file list: about 0.5 s per process here, on the critical path of every
+    finetune item. The requirements are explicit, so the check needs only their names.
+    """
+    import mlflow.utils.environment as environment
+
+    original = getattr(environment, MLFLOW_REQUIREMENT_CHECK, None)
+    if original is None:  # another MLflow: its own check runs
+        yield
+        return
+    setattr(environment, MLFLOW_REQUIREMENT_CHECK, _warn_unsatisfied)
+    try:
+        yield
+    finally:
+        setattr(environment, MLFLOW_REQUIREMENT_CHECK, original)
+
+
 def log_pyfunc_model(
     code: str | Path,
     artifact_path: str,
@@ -273,7 +332,7 @@ def log_pyfunc_model(
     def schema(columns: Sequence[tuple[str, str]]) -> Schema:
         return Schema([ColSpec(kind, name) for kind, name in columns])
 
-    with tempfile.TemporaryDirectory(prefix="gptst-pyfunc-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="gptst-pyfunc-") as tmp, _requirements_checked_by_name():
         folder = Path(tmp) / artifact_path
         mlflow.pyfunc.save_model(
             path=str(folder),

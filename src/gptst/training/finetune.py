@@ -76,7 +76,7 @@ class DownstreamData:
         split (a trained model brings its own)."""
         if list(graph.node_ids) != list(series.node_ids):
             raise ValueError("the graph's node order is not the series' (rebuild the adjacency stage)")
-        splits = make_splits(len(series.timestamps), params.dataset.split, params.windows)
+        splits = make_splits(len(series.stamps), params.dataset.split, params.windows)
         scaler = scaler or fit_train_scaler(series, splits.steps)
         batcher = WindowBatcher.from_series(series, scaler, params.windows.t_in, params.windows.t_out, device)
         return cls(series, graph, scaler, splits, batcher, params.metrics.mape_threshold(params.dataset.kind))

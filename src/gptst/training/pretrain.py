@@ -271,7 +271,7 @@ def pretrain(
     """Pre-train GPT-ST on ``series`` as ``params`` say; resumes from ``state_dir`` if it can."""
     dist = dist or Distributed()
     pre, windows = params.pretrain, params.windows
-    splits = make_splits(len(series.timestamps), params.dataset.split, windows)
+    splits = make_splits(len(series.stamps), params.dataset.split, windows)
     scaler = fit_train_scaler(series, splits.steps)
     batcher = WindowBatcher.from_series(series, scaler, windows.t_in, windows.t_out)
     model = build_pretrain_model(params, series, scaler)

@@ -146,11 +146,11 @@ def _check_shapes(series: SeriesData, adj: np.ndarray) -> None:
     T, N, C = series.values.shape
     if T == 0 or N == 0 or C == 0:
         raise InputError("series", "values", f"empty series of shape {series.values.shape}")
-    if len(series.timestamps) != T or len(series.node_ids) != N or len(series.channels) != C:
+    if len(series.stamps) != T or len(series.node_ids) != N or len(series.channels) != C:
         raise InputError(
             "series",
             "axes",
-            f"{len(series.timestamps)} timestamps, {len(series.node_ids)} node ids and "
+            f"{len(series.stamps)} timestamps, {len(series.node_ids)} node ids and "
             f"{len(series.channels)} channels do not match values {series.values.shape}",
         )
     if np.ndim(adj) != 2:

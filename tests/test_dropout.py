@@ -40,3 +40,13 @@ def test_eval_mode_and_p_zero_return_the_input_itself():
 def test_a_probability_outside_zero_to_one_is_refused(p):
     with pytest.raises(ValueError, match="dropout probability"):
         Dropout(p)
+
+
+def test_every_position_of_the_random_words_drops_the_same_share():
+    """Four elements share one 64-bit draw: a position that read the sign bit would drop more."""
+    torch.manual_seed(2)
+    out = dropout(torch.ones(400_000), 0.5, training=True).view(-1, 4)
+    shares = (out == 0).float().mean(dim=0)
+    torch.testing.assert_close(shares, torch.full((4,), 0.5), atol=0.006, rtol=0)
+    odd_shape = torch.ones(3, 5, 7).transpose(0, 2)  # 105 elements, not a multiple of 4, not contiguous
+    assert set(dropout(odd_shape, 0.2, training=True).unique().tolist()) <= {0.0, 1.25}

@@ -3,10 +3,12 @@
 On the CPU ``F.dropout`` draws its mask with ``bernoulli_``, about twice the cost of
 ``rand_like`` and a comparison (measured 30 vs 16 ms forward + backward for 2.5 M floats); at the
 ``cpu`` sizes the Graph WaveNet step went from 467 to 441 ms with this one (same process, B=32).
-The mask here is drawn as uniform >= p and kept pre-scaled, so forward and backward are one
-multiply each. Other devices use
-``F.dropout`` (fused kernels there). Same expectation and variance as ``nn.Dropout``; the random
-stream differs.
+The mask here is drawn from random bits, four 15-bit draws per 64-bit integer (one generator call
+per four elements instead of one per element: 7 against 13 ms for 2.5 M floats, same process),
+compared with ``p`` rounded to a multiple of 2^-15, and kept pre-scaled by ``1 / (1 - p)``, so
+forward and backward are one multiply each. The share dropped is within 1.6e-5 of ``p`` (so the
+expectation within 2.3e-5 of the input's, relative). Other devices use ``F.dropout`` (fused
+kernels there). The random stream differs from ``nn.Dropout``'s.
 """
 
 from __future__ import annotations
@@ -15,11 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+_LEVELS = 1 << 15
+_LOW_15_BITS = _LEVELS - 1
+
 
 class _ScaledMask(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, p: float) -> Tensor:
-        mask = torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))
+        n = x.numel()
+        # random_ fills int64 with 63 random bits: each of its four 16-bit parts has 15 below its sign bit.
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_().view(torch.int16)[:n]
+        keep = bits.bitwise_and_(_LOW_15_BITS).ge_(round(p * _LEVELS))
+        mask = keep.view(x.shape).to(x.dtype).mul_(1.0 / (1.0 - p))
         ctx.save_for_backward(mask)
         return x * mask
 

@@ -120,24 +120,9 @@ class TensorOde(nn.Module):
         return graph + channels + steps - 3 * h + h0
 
     def forward(self, h: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
-        """``steps`` Euler steps ``H <- H + dt dH/dt``, then ReLU.
-
-        Each step is written as three linear maps of H plus a constant, with the identity terms
-        and ``dt`` folded into the small matrices: ``H <- H M_c + (dt s A) H + H (dt W2) + dt H0``
-        with ``M_c = (1 - 3 dt) I + dt W``. The same update as :meth:`derivative` (tested), with
-        three full-size elementwise operations instead of nine (90 -> 68 ms forward + backward
-        at B=32, 32 channels, N=207).
-        """
-        dt = self.dt
-        graph = (dt * torch.sigmoid(self.alpha)[:, None] / 2) * adj
-        w = (self.w * self.d.clamp(0, 1)) @ self.w.T
-        mix_channels = dt * w + (1 - 3 * dt) * torch.eye(len(w), dtype=w.dtype, device=w.device)
-        mix_steps = dt * ((self.w2 * self.d2.clamp(0, 1)) @ self.w2.T)
-        start = dt * h
-        b, c, n, t = h.shape
+        h0 = h
         for _ in range(self.steps):
-            channels = torch.matmul(mix_channels.T, h.reshape(b, c, n * t)).view(b, c, n, t)
-            h = channels + torch.einsum("nm,bcmt->bcnt", graph, h) + torch.matmul(h, mix_steps) + start
+            h = h + self.dt * self.derivative(h, h0, adj)
         return torch.relu(h)
 
 

@@ -231,6 +231,14 @@ def test_table_format_mixed_blocks_and_time_zones_are_read(tmp_path: Path, week_
 def test_freq_is_the_most_common_step_even_with_gaps():
     stamps = pd.DatetimeIndex(pd.date_range("2020-01-01", periods=10, freq="5min").delete([3, 4]))
     assert infer_freq(stamps) == "5min"
+    hourly = pd.DatetimeIndex(["2020-01-01 00:00", "2020-01-01 01:00", "2020-01-01 01:00", "2020-01-01 03:00"])
+    assert infer_freq(hourly) == "h"  # a repeated stamp is no step
+
+
+@pytest.mark.parametrize("stamps", [["2020-01-01"], ["2020-01-01", "2020-01-01"]], ids=["one", "never increasing"])
+def test_a_frequency_cannot_be_inferred_from_fewer_than_two_distinct_timestamps(stamps):
+    with pytest.raises(ValueError, match="cannot infer a frequency"):
+        infer_freq(pd.DatetimeIndex(stamps))
 
 
 def test_canonical_ids():

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gptst.data.calendar import infer_step
 from gptst.data.readers import RawSeries, read_raw_series
 from gptst.data.series import SeriesAxes, SeriesData, open_series_writer, rows_per_group
 from gptst.errors import InputError
@@ -24,18 +25,10 @@ class IngestResult:
 
 
 def infer_freq(timestamps: pd.DatetimeIndex) -> str:
-    """The most common positive step between consecutive timestamps, as a pandas alias.
-
-    The mode (not ``pd.infer_freq``) so that a series with gaps still gets its sampling
-    interval; validation then reports the gaps against it.
-    """
-    steps = np.diff(timestamps.asi8)
-    steps = steps[steps > 0]
-    if steps.size == 0:
-        raise ValueError("fewer than two distinct timestamps")
-    values, counts = np.unique(steps, return_counts=True)
-    step = pd.Timedelta(int(values[np.argmax(counts)]), unit=timestamps.unit)
-    return pd.tseries.frequencies.to_offset(step).freqstr
+    """The sampling interval of ``timestamps`` (:func:`gptst.data.calendar.infer_step`: the most
+    common positive step, so that a series with gaps still gets it) as a pandas alias.
+    Validation then reports the gaps against it."""
+    return pd.tseries.frequencies.to_offset(infer_step(timestamps)).freqstr
 
 
 def read_source(dataset: DatasetParams, source: Path) -> RawSeries:

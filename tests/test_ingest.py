@@ -281,6 +281,14 @@ def test_a_file_without_timestamps_needs_start_and_freq(tmp_path: Path):
         ingest(speed(), path, tmp_path / "s.parquet", tmp_path / "m.json")
 
 
+def test_timestamps_that_never_increase_without_freq_are_refused_naming_the_file_and_the_param(tmp_path: Path):
+    path = tmp_path / "same_stamp.csv"
+    path.write_text("timestamp,1,2\n2020-01-01 00:00,1,2\n2020-01-01 00:00,3,4\n")
+    with pytest.raises(InputError, match=r"same_stamp.csv: timestamps: .*cannot infer a frequency.*dataset.freq"):
+        ingest(speed(), path, tmp_path / "s.parquet", tmp_path / "m.json")
+    assert not (tmp_path / "s.parquet").exists()
+
+
 def test_duplicated_sensor_ids_are_refused(tmp_path: Path):
     path = tmp_path / "dup.csv"
     path.write_text("timestamp,1,2,1\n2020-01-01 00:00,1,2,3\n2020-01-01 00:05,1,2,3\n")

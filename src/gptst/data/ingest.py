@@ -63,7 +63,7 @@ def series_axes(raw: RawSeries, dataset: DatasetParams, source: Path, params_fil
     try:
         freq = dataset.freq or infer_freq(timestamps)
     except ValueError as err:
-        raise InputError(source, "timestamps", str(err)) from None
+        raise InputError(source, "timestamps", f"{err} (in {params_file}: dataset.freq)") from None
 
     node_ids = raw.node_ids if raw.node_ids is not None else [str(i) for i in range(N)]
     if len(set(node_ids)) != len(node_ids):

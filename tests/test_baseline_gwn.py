@@ -114,3 +114,38 @@ def test_eval_mode_is_deterministic(week):
     x, _, _ = week_windows(week, windows=2, nodes=NODES)
     model = _build(week)
     assert_dropout_only_in_training(model, x)
+
+
+def _reference_forward(model, x: torch.Tensor) -> torch.Tensor:
+    """The reference's forward pass: every layer's skip convolution over all positions, the sum
+    cut to the newest positions layer by layer."""
+    h = torch.nn.functional.pad(x.permute(0, 3, 2, 1), (model.receptive_field - x.shape[1], 0))
+    h = model.start_conv(h)
+    supports = model.supports()
+    skip_sum = None
+    for index in range(len(model.filter_convs)):
+        residual = h
+        gated = torch.tanh(model.filter_convs[index](residual)) * torch.sigmoid(model.gate_convs[index](residual))
+        skip = model.skip_convs[index](gated)
+        skip_sum = skip if skip_sum is None else skip + skip_sum[..., -skip.shape[-1] :]
+        if index < len(model.graph_convs):
+            h = model.norms[index](model.graph_convs[index](gated, supports) + residual[..., -gated.shape[-1] :])
+    out = model.end_conv_2(torch.relu(model.end_conv_1(torch.relu(skip_sum))))
+    return out.reshape(x.shape[0], model.out_steps, model.out_dim, model.num_nodes).transpose(2, 3)
+
+
+@pytest.mark.parametrize("in_steps", [12, 13, 5])
+def test_skips_computed_at_the_newest_position_only_match_the_reference_all_positions_cut(week, in_steps):
+    """Only the newest position of each layer's skip reaches the output, so the model computes
+    that one: forecast and every gradient equal the reference's all-positions computation
+    (float64, training mode: batch statistics over all positions, dropout off)."""
+    x, _, _ = week_windows(week, windows=3, t_in=in_steps, nodes=NODES)
+    model = _build(week, SMALL.model_copy(update={"dropout": 0.0}), in_steps=in_steps).double().train()
+    x = x.double()
+    ours = model(x)
+    grads = torch.autograd.grad(ours.square().sum(), list(model.parameters()))
+    reference = _reference_forward(model, x)
+    reference_grads = torch.autograd.grad(reference.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    for g, r in zip(grads, reference_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)

@@ -162,9 +162,11 @@ class GraphWaveNet(nn.Module):
         for index in range(len(self.filter_convs)):
             residual = h
             gated = torch.tanh(self.filter_convs[index](residual)) * torch.sigmoid(self.gate_convs[index](residual))
-            skip = self.skip_convs[index](gated)
-            # Skips of earlier (longer) layers are cut to the newest positions of this one.
-            skip_sum = skip if skip_sum is None else skip + skip_sum[..., -skip.shape[-1] :]
+            # The output reads the summed skips at the newest position only (the reference
+            # computes every position's skip and cuts the older ones off layer by layer), and a
+            # 1x1 convolution is per position: only that one is computed.
+            skip = self.skip_convs[index](gated[..., -1:])
+            skip_sum = skip if skip_sum is None else skip + skip_sum
             if index == last:
                 break
             h = self.graph_convs[index](gated, supports) + residual[..., -gated.shape[-1] :]

@@ -149,6 +149,18 @@ class GraphWaveNet(nn.Module):
         fixed = [getattr(self, f"support_{index}") for index in range(self.num_fixed_supports)]
         return [*fixed, adaptive]
 
+    def _gated(self, index: int, h: torch.Tensor) -> torch.Tensor:
+        """``tanh(filter(h)) * sigmoid(gate(h))``, both dilated convolutions as one call."""
+        filter_conv, gate_conv = self.filter_convs[index], self.gate_convs[index]
+        both = F.conv2d(
+            h,
+            torch.cat([filter_conv.weight, gate_conv.weight]),
+            torch.cat([filter_conv.bias, gate_conv.bias]),
+            dilation=filter_conv.dilation,
+        )
+        filtered, gate = both.chunk(2, dim=1)
+        return torch.tanh(filtered) * torch.sigmoid(gate)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         h = x.permute(0, 3, 2, 1)  # [B, C, N, T]: time last, as the convolutions expect
@@ -161,7 +173,7 @@ class GraphWaveNet(nn.Module):
         last = len(self.filter_convs) - 1
         for index in range(len(self.filter_convs)):
             residual = h
-            gated = torch.tanh(self.filter_convs[index](residual)) * torch.sigmoid(self.gate_convs[index](residual))
+            gated = self._gated(index, residual)
             # The output reads the summed skips at the newest position only (the reference
             # computes every position's skip and cuts the older ones off layer by layer), and a
             # 1x1 convolution is per position: only that one is computed.

@@ -102,7 +102,8 @@ def test_uses_no_graph_and_attends_over_every_node(week):
 def test_both_attentions_are_softmax_of_scaled_products_per_head():
     """Temporal: per node and head, the proxies over the window's steps; spatial: per step and
     head, every node over all nodes; scores q k^T / sqrt(head width), keys and values projected
-    with the generated per-node parameters (float64, against the formula written out)."""
+    with the generated per-node parameters (float64, against the formula written out; the
+    temporal one, written out in the model too, with its gradients)."""
     torch.manual_seed(3)
     b, p, s, n, c, heads = 2, 3, 5, 7, 8, 4
     h = c // heads
@@ -117,6 +118,15 @@ def test_both_attentions_are_softmax_of_scaled_products_per_head():
     scores = torch.einsum("bpnkh,bsnkh->bnkps", query.unflatten(-1, (heads, h)), projected(memory, 0)) / h**0.5
     expected = torch.einsum("bnkps,bsnkh->bpnkh", scores.softmax(-1), projected(memory, 1)).flatten(-2)
     torch.testing.assert_close(temporal(query, memory, params), temporal.out(expected))
+    inputs = [query.requires_grad_(), memory.requires_grad_(), *(t.requires_grad_() for pair in params for t in pair)]
+    ours = torch.autograd.grad(temporal(query, memory, params).square().sum(), inputs)
+    scores = torch.einsum("bpnkh,bsnkh->bnkps", query.unflatten(-1, (heads, h)), projected(memory, 0)) / h**0.5
+    expected = torch.einsum("bnkps,bsnkh->bpnkh", scores.softmax(-1), projected(memory, 1)).flatten(-2)
+    formula = torch.autograd.grad(temporal.out(expected).square().sum(), inputs)
+    for g, f in zip(ours, formula, strict=True):
+        torch.testing.assert_close(g, f)
+    query, memory = query.detach(), memory.detach()
+    params = [(w.detach(), b_.detach()) for w, b_ in params]
 
     spatial = SpatialAttention(c, heads).double()
     scores = torch.einsum("bpnkh,bpmkh->bpknm", query.unflatten(-1, (heads, h)), projected(query, 0)) / h**0.5

@@ -23,7 +23,7 @@ from gptst.graph.bundle import GraphBundle
 from gptst.graph.derived import build_derived_graphs, derived_graph_inputs, svd_embedding
 from gptst.graph.normalize import random_walk
 from gptst.metrics import masked_mae
-from gptst.models.baselines.ccrnn import CcrnnConfig, initial_embeddings
+from gptst.models.baselines.ccrnn import CcrnnConfig, diffuse, initial_embeddings
 from gptst.models.baselines.registry import baseline_spec, build_baseline, check_applies, parameter_count
 from gptst.models.forecaster import Forecaster
 from gptst.params import DerivedGraphParams, GraphParams, SplitRatios, WindowParams
@@ -279,3 +279,57 @@ def test_eval_mode_is_deterministic(demand):
     """Dropout (0.5 on the top decoder state) is off in eval mode: same output twice."""
     batch = _windows(demand, [0, 50])
     assert_dropout_only_in_training(_build(demand, {"dropout": 0.5}), batch.x)
+
+
+def _reference_forward(model, x: torch.Tensor) -> torch.Tensor:
+    """The formula as the reference writes it: every gate and candidate convolution diffuses the
+    joined input ``[x, h]`` (the input's hops recomputed for each of them, step by step)."""
+
+    def evolution(conv, joined, graphs):
+        out = conv.convs[0].mix(diffuse(joined, graphs[0], conv.convs[0].hops))
+        outputs = [out]
+        for layer, graph in zip(conv.convs[1:], graphs[1:], strict=True):
+            out = layer(out, graph)
+            outputs.append(out)
+        if conv.score is None:
+            return out
+        flat = torch.stack(outputs, dim=1).flatten(2)
+        return (flat * torch.softmax(conv.score(flat), dim=1)).sum(dim=1).view(out.shape)
+
+    def cell(c, inp, h, graphs):
+        reset, update = torch.sigmoid(evolution(c.gates, torch.cat([inp, h], -1), graphs)).split(c.hidden, -1)
+        candidate = torch.tanh(evolution(c.candidate, torch.cat([inp, reset * h], -1), graphs))
+        return update * h + (1.0 - update) * candidate
+
+    graphs = model.graphs()
+    batch, steps, nodes, _ = x.shape
+    states = [x.new_zeros(batch, nodes, model.hidden) for _ in model.encoder]
+    for step in range(steps):
+        h = x[:, step]
+        for layer, c in enumerate(model.encoder):
+            h = states[layer] = cell(c, h, states[layer], graphs)
+    prediction, outputs = x.new_zeros(batch, nodes, model.out_dim), []
+    for _ in range(model.out_steps):
+        h = prediction
+        for layer, c in enumerate(model.decoder):
+            h = states[layer] = cell(c, h, states[layer], graphs)
+        prediction = model.output(h)
+        outputs.append(prediction)
+    return torch.stack(outputs, dim=1)
+
+
+@pytest.mark.parametrize("config", [{}, AUTHORS], ids=["gptst-config", "authors-config"])
+def test_shared_input_hops_match_the_joined_input_formula(demand, config):
+    """The gates and the candidate share the input's hops (for the encoder's first layer, computed
+    for all steps at once), and each convolution's mix is split into its input and state columns:
+    forecast and every gradient equal the formula on the joined input (float64, dropout off)."""
+    batch = _windows(demand, [0, 50, 100])
+    model = _build(demand, {**config, "dropout": 0.0}, in_dim=6).double().train()
+    x = _inputs(batch, 6).double()
+    ours = model(x)
+    grads = torch.autograd.grad(ours.square().sum(), list(model.parameters()))
+    reference = _reference_forward(model, x)
+    reference_grads = torch.autograd.grad(reference.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    for g, r in zip(grads, reference_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)

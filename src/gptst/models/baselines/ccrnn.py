@@ -48,6 +48,8 @@ GPT-ST's configuration is the default (2 GRU layers, 1 graph-conv layer, 25 unit
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -80,6 +82,14 @@ def initial_embeddings(svd_embedding: np.ndarray, n_dim: int) -> tuple[np.ndarra
     return (u[:, :d] * root).astype(np.float32), (root[:, None] * vt[:d]).astype(np.float32)
 
 
+def diffuse(x: torch.Tensor, graph: torch.Tensor, hops: int) -> torch.Tensor:
+    """``[x, A x, ..., A^K x]`` concatenated on the channels: [..., N, C] -> [..., N, (K+1) C]."""
+    terms = [x]
+    for _ in range(hops):
+        terms.append(torch.einsum("nm,...mc->...nc", graph, terms[-1]))
+    return torch.cat(terms, dim=-1)
+
+
 class HopConv(nn.Module):
     """``[x, A x, ..., A^K x]`` over one graph, mixed by a linear layer: [B, N, C_in] -> [B, N, C_out]."""
 
@@ -89,28 +99,38 @@ class HopConv(nn.Module):
         self.mix = nn.Linear(in_dim * (hops + 1), out_dim)
 
     def forward(self, x: torch.Tensor, graph: torch.Tensor) -> torch.Tensor:
-        terms = [x]
-        for _ in range(self.hops):
-            terms.append(torch.einsum("nm,bmc->bnc", graph, terms[-1]))
-        return self.mix(torch.cat(terms, dim=-1))
+        return self.mix(diffuse(x, graph, self.hops))
+
+    def forward_joined(self, x_hops: torch.Tensor, h: torch.Tensor, graph: torch.Tensor) -> torch.Tensor:
+        """``forward([x, h])`` given ``x_hops = diffuse(x, graph, hops)``: a hop of the joined input
+        is the joined hops, so the mix splits into its x and h columns (the GRU's gates and
+        candidate share x's hops)."""
+        x_width = x_hops.shape[-1] // (self.hops + 1)
+        weight = self.mix.weight.unflatten(1, (self.hops + 1, -1))  # [out, hop, x and h channels]
+        h_part = F.linear(diffuse(h, graph, self.hops), weight[..., x_width:].flatten(1), self.mix.bias)
+        return h_part + F.linear(x_hops, weight[..., :x_width].flatten(1))
 
 
 class EvolutionConv(nn.Module):
-    """Stacked graph convolutions, layer ``l`` over graph ``l``; with several layers, a softmax
-    attention over the layers' outputs (each scored as a whole [N x C_out] map) combines them."""
+    """Stacked graph convolutions, layer ``l`` over graph ``l``, on the joined input ``[x, h]``;
+    with several layers, a softmax attention over the layers' outputs (each scored as a whole
+    [N x C_out] map) combines them."""
 
     def __init__(self, in_dim: int, out_dim: int, num_nodes: int, hops: int, layers: int) -> None:
         super().__init__()
         self.convs = nn.ModuleList(HopConv(in_dim if i == 0 else out_dim, out_dim, hops) for i in range(layers))
         self.score = nn.Linear(num_nodes * out_dim, 1, bias=False) if layers > 1 else None
 
-    def forward(self, x: torch.Tensor, graphs: list[torch.Tensor]) -> torch.Tensor:
-        outputs = []
-        for conv, graph in zip(self.convs, graphs, strict=True):
-            x = conv(x, graph)
-            outputs.append(x)
+    def forward(self, x_hops: torch.Tensor, h: torch.Tensor, graphs: list[torch.Tensor]) -> torch.Tensor:
+        """``x_hops``: ``diffuse(x, graphs[0], hops)``; ``h``: the rest of the joined input."""
+        first = cast(HopConv, self.convs[0])
+        out = first.forward_joined(x_hops, h, graphs[0])
+        outputs = [out]
+        for conv, graph in zip(self.convs[1:], graphs[1:], strict=True):
+            out = conv(out, graph)
+            outputs.append(out)
         if self.score is None:
-            return x
+            return out
         stacked = torch.stack(outputs, dim=1)  # [B, L, N, C]
         batch, layers, nodes, channels = stacked.shape
         flat = stacked.reshape(batch, layers, nodes * channels)
@@ -124,12 +144,18 @@ class CoupledGruCell(nn.Module):
     def __init__(self, in_dim: int, hidden: int, num_nodes: int, hops: int, layers: int) -> None:
         super().__init__()
         self.hidden = hidden
+        self.hops = hops
         self.gates = EvolutionConv(in_dim + hidden, 2 * hidden, num_nodes, hops, layers)
         self.candidate = EvolutionConv(in_dim + hidden, hidden, num_nodes, hops, layers)
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor, graphs: list[torch.Tensor]) -> torch.Tensor:
-        reset, update = torch.sigmoid(self.gates(torch.cat([x, h], dim=-1), graphs)).split(self.hidden, dim=-1)
-        candidate = torch.tanh(self.candidate(torch.cat([x, reset * h], dim=-1), graphs))
+    def forward(
+        self, x: torch.Tensor, h: torch.Tensor, graphs: list[torch.Tensor], x_hops: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One step; ``x_hops`` (``diffuse(x, graphs[0], hops)``) when already computed."""
+        if x_hops is None:
+            x_hops = diffuse(x, graphs[0], self.hops)  # shared by the gates and the candidate
+        reset, update = torch.sigmoid(self.gates(x_hops, h, graphs)).split(self.hidden, dim=-1)
+        candidate = torch.tanh(self.candidate(x_hops, reset * h, graphs))
         return update * h + (1.0 - update) * candidate
 
 
@@ -197,13 +223,17 @@ class CCRNN(nn.Module):
         return graphs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, steps, nodes, _ = x.shape
+        batch, _, nodes, _ = x.shape
         graphs = self.graphs()
         states = [x.new_zeros(batch, nodes, self.hidden) for _ in self.encoder]
-        for step in range(steps):
-            h = x[:, step]
+        # The input's hops for every step at once: one product per hop instead of one per step.
+        # unbind, not indexing: the gradient of each step's slice is then not a zeroed copy of
+        # the whole [B, T, N, (K+1) C] tensor (one per step, about 100 ms per training step).
+        input_hops = diffuse(x, graphs[0], cast(CoupledGruCell, self.encoder[0]).hops).unbind(1)
+        for x_step, hops_step in zip(x.unbind(1), input_hops, strict=True):
+            h = x_step
             for layer, cell in enumerate(self.encoder):
-                h = states[layer] = cell(h, states[layer], graphs)
+                h = states[layer] = cell(h, states[layer], graphs, hops_step if layer == 0 else None)
         prediction = x.new_zeros(batch, nodes, self.out_dim)
         outputs = []
         for _ in range(self.out_steps):

@@ -212,12 +212,13 @@ class MSDR(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Top-layer outputs [B, in_steps, N, units] and each layer's last ``pre_k`` states."""
-        batch, steps, nodes, _ = x.shape
+        batch, _, nodes, _ = x.shape
         lifted = self.lift(x)
         histories = [x.new_zeros(batch, self.pre_k, nodes, self.units) for _ in self.encoder]
         outputs = []
-        for step in range(steps):
-            h = lifted[:, step]
+        # unbind, not indexing: an indexed step's gradient would be a zeroed copy of the whole
+        # sequence, one per step.
+        for h in lifted.unbind(1):
             for layer, cell in enumerate(self.encoder):
                 h, histories[layer] = cell(h, histories[layer], self.supports)
             outputs.append(h)
@@ -227,8 +228,7 @@ class MSDR(nn.Module):
         encoded, histories = self.encode(x)
         decoder_inputs = encoded[:, self.decoder_steps]
         outputs = []
-        for step in range(self.out_steps):
-            h = decoder_inputs[:, step]
+        for h in decoder_inputs.unbind(1):
             for layer, cell in enumerate(self.decoder):
                 h, histories[layer] = cell(h, histories[layer], self.supports)
             outputs.append(h)

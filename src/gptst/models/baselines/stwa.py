@@ -179,11 +179,12 @@ class WindowLayer(nn.Module):
         outs: list[torch.Tensor] = []
         p = self.proxies_per_window
         # A recurrence over the windows: each window's queries carry the previous output.
-        for i in range(self.windows):
+        # split, not slicing: each slice's gradient would be a zeroed copy of the whole input.
+        windows = x.split(self.window, dim=1)
+        for i, steps in enumerate(windows):
             query = self.proxies[i * p : (i + 1) * p].expand(batch, -1, -1, -1)
             if outs:
                 query = query + outs[-1]
-            steps = x[:, i * self.window : (i + 1) * self.window]
             h = self.temporal(query, torch.cat([query, steps], dim=1), temporal)
             h = self.spatial(h, spatial)
             outs.append((self.gate(h) * h).sum(dim=1, keepdim=True))  # [B, 1, N, C]

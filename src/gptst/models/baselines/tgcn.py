@@ -92,11 +92,13 @@ class TGCN(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The last hidden state [B, N, hidden] after reading the whole window."""
-        batch, steps, nodes, _ = x.shape
+        batch, _, nodes, _ = x.shape
         propagated = propagate(self.adj, x)  # [B, T, N, C]
         h = x.new_zeros(batch, nodes, self.hidden)
-        for step in range(steps):
-            h = self.cell(propagated[:, step], h, self.adj)
+        # unbind, not indexing: with an input that needs a gradient (the gptst variants) each
+        # indexed step's gradient would be a zeroed copy of the whole [B, T, N, C] tensor.
+        for step_input in propagated.unbind(1):
+            h = self.cell(step_input, h, self.adj)
         return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

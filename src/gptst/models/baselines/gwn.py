@@ -20,7 +20,7 @@ Deviations from the reference code, both removing weights that can never receive
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -151,7 +151,9 @@ class GraphWaveNet(nn.Module):
 
     def _gated(self, index: int, h: torch.Tensor) -> torch.Tensor:
         """``tanh(filter(h)) * sigmoid(gate(h))``, both dilated convolutions as one call."""
-        filter_conv, gate_conv = self.filter_convs[index], self.gate_convs[index]
+        filter_conv = cast(nn.Conv2d, self.filter_convs[index])
+        gate_conv = cast(nn.Conv2d, self.gate_convs[index])
+        assert filter_conv.bias is not None and gate_conv.bias is not None
         both = F.conv2d(
             h,
             torch.cat([filter_conv.weight, gate_conv.weight]),

@@ -47,25 +47,6 @@ def _squash_factor(squared_norm: Tensor) -> Tensor:
     return squared_norm / (1.0 + squared_norm) * torch.rsqrt(squared_norm + SQUASH_EPS)
 
 
-def _squash_backward(x: Tensor, grad: Tensor) -> Tensor:
-    """Gradient of :func:`squash` at ``x`` for the output gradient ``grad``.
-
-    squash(x) = f(|x|^2) x with f(s) = s a r, a = 1/(1+s), r = (s+eps)^-1/2, so the gradient is
-    f grad + 2 f'(s) <x, grad> x with f'(s) = a r (1 - s a - s r^2 / 2) (no division by s).
-    """
-    s = _squared_norm(x)
-    a = 1.0 / (1.0 + s)
-    r = torch.rsqrt(s + SQUASH_EPS)
-    slope = a * r * (1.0 - s * a - 0.5 * s * r * r)
-    along_x = 2.0 * slope * _dot(x, grad).to(s.dtype)
-    return torch.addcmul(grad * (s * a * r).to(x.dtype), x, along_x.to(x.dtype))
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """``sum(a * b, -1, keepdim=True)`` as a batched [1, D] @ [D, 1] product: no [.., D] temporary."""
-    return (a.unsqueeze(-2) @ b.unsqueeze(-1))[..., 0]
-
-
 def leaky_relu(x: Tensor) -> Tensor:
     return F.leaky_relu(x, NEGATIVE_SLOPE)
 
@@ -310,11 +291,20 @@ class _StepMixLinear(torch.autograd.Function):
         return grad_h, grad_mixing, grad_weight, grad_bias, None
 
 
+def _squash_row(x: Tensor) -> Tensor:
+    """``squash(x) = x * f`` with one factor per row of ``x`` [..., N, D]: f as a row [..., 1, N],
+    so that a product ``C @ squash(x)`` is ``(C * f) @ x`` and ``squash(x)`` never exists."""
+    return _squash_factor(_squared_norm(x)).to(x.dtype).transpose(-1, -2)
+
+
 class _PrimaryClusters(torch.autograd.Function):
     """Cluster capsules ``S = Cw @ squash(pre)`` [B,T,HS,D] with ``pre = h @ W_p^T + b_p``.
 
     ``pre`` comes in already computed without gradient, because routing needs the capsules
-    before Cw exists; this kernel supplies its gradient (to h, W_p, b_p).
+    before Cw exists; this kernel supplies its gradient (to h, W_p, b_p). squash scales each
+    region's row of ``pre``, so every product with the squashed capsules is a product with
+    ``pre`` and Cw scaled per column ([HS, N] work instead of [N, D]): no squashed [B,T,N,D]
+    tensor is made, forward or backward.
     """
 
     @staticmethod
@@ -322,7 +312,7 @@ class _PrimaryClusters(torch.autograd.Function):
         B, T, _, D = pre.shape
         clusters = torch.empty(B, T, assign.shape[2], D, dtype=pre.dtype, device=pre.device)
         for sl in _chunks(pre, NODE_CHUNK_FLOATS):
-            torch.matmul(assign[sl], squash(pre[sl]), out=clusters[sl])
+            torch.matmul(assign[sl] * _squash_row(pre[sl]), pre[sl], out=clusters[sl])
         ctx.save_for_backward(h, weight, assign, pre)
         return clusters
 
@@ -331,17 +321,26 @@ class _PrimaryClusters(torch.autograd.Function):
     def backward(ctx, grad_clusters):
         h, weight, assign, pre = ctx.saved_tensors
         need_h, need_weight, need_bias, need_assign = ctx.needs_input_grad[:4]
+        need_pre = need_h or need_weight or need_bias
         grad_h = _empty_grad(h, need_h, False)
         grad_weight = _empty_grad(weight, need_weight, True)
         grad_assign = _empty_grad(assign, need_assign, False)
         grad_bias: Tensor | float = 0.0
         for sl in _chunks(h, NODE_CHUNK_FLOATS):
-            pre_c, grad_c = pre[sl], grad_clusters[sl]
-            if need_assign:
-                assert grad_assign is not None
-                torch.matmul(grad_c, squash(pre_c).transpose(-1, -2), out=grad_assign[sl])
-            if need_h or need_weight or need_bias:
-                grad_pre = _squash_backward(pre_c, assign[sl].transpose(-1, -2) @ grad_c)
+            pre_c, grad_c, assign_c = pre[sl], grad_clusters[sl], assign[sl]
+            s = _squared_norm(pre_c)  # [c,T,N,1], at least float32
+            scale = _squash_factor(s)
+            # grad_c @ pre^T [c,T,HS,N] serves both: the gradient of Cw (scaled per column) and
+            # <pre_n, g_n> with g = Cw^T grad_c, which is sum_h Cw[h,n] (grad_c pre^T)[h,n].
+            grad_c_pre = grad_c @ pre_c.transpose(-1, -2)
+            if need_pre:
+                # squash's Jacobian at pre applied to g: f g + 2 f'(s) <pre, g> pre, with
+                # f'(s) = a r (1 - s a - s r^2 / 2), a = 1 / (1 + s), r = (s + eps)^-1/2.
+                along = (assign_c * grad_c_pre).sum(dim=-2, keepdim=True).transpose(-1, -2).to(s.dtype)
+                a, r = 1.0 / (1.0 + s), torch.rsqrt(s + SQUASH_EPS)
+                along = along.mul_(2.0 * a * r * (1.0 - s * a - 0.5 * s * r * r)).to(pre_c.dtype)
+                row = scale.to(pre_c.dtype).transpose(-1, -2)
+                grad_pre = torch.matmul((assign_c * row).transpose(-1, -2), grad_c).addcmul_(pre_c, along)
                 if need_weight:
                     assert grad_weight is not None
                     grad_weight += _flat_grad(grad_pre, h[sl])
@@ -350,6 +349,9 @@ class _PrimaryClusters(torch.autograd.Function):
                 if need_h:
                     assert grad_h is not None
                     torch.matmul(grad_pre, weight, out=grad_h[sl])
+            if need_assign:
+                assert grad_assign is not None
+                torch.mul(grad_c_pre, scale.to(pre_c.dtype).transpose(-1, -2), out=grad_assign[sl])
         return grad_h, grad_weight, grad_bias if need_bias else None, grad_assign, None
 
 
@@ -646,15 +648,17 @@ class CapsuleHyperLayer(nn.Module):
             for sl in _chunks(h, NODE_CHUNK_FLOATS):
                 pre_c = pre[sl]
                 torch.addmm(bias, h[sl].reshape(-1, D), weight_t, out=pre_c.view(-1, D))
-                primary = squash(pre_c)
-                primary_t = primary.transpose(-1, -2)
+                # Products with the squashed capsules P = squash(pre) as products with pre and a
+                # per-region scale (see _squash_row): P itself is never made.
+                row = _squash_row(pre_c)  # [c,T,1,N]
+                pre_t = pre_c.transpose(-1, -2)
                 logits_c = logits[sl] if per_step else logits
-                initial = squash(torch.softmax(logits_c, dim=-2) @ primary)  # squash(S0) [c,T,HS,D]
+                initial = squash((torch.softmax(logits_c, dim=-2) * row) @ pre_c)  # squash(S0) [c,T,HS,D]
                 route = routed[sl].zero_()
                 for _ in range(self.routing_iters):
                     coupling = torch.softmax(route, dim=-2)
-                    v = squash(initial * (coupling @ primary))
-                    route += v @ primary_t
+                    v = squash(initial * ((coupling * row) @ pre_c))
+                    route.addcmul_(v @ pre_t, row)
         return pre, routed
 
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,18 @@ def small_encoder_bundle(
         steps_per_day=steps_per_day(series.freq),
         dataset="metr-la-week",
     )
+
+
+def assert_same_function_and_gradients(
+    model: nn.Module, x: torch.Tensor, reference_forward: Callable[[Any, torch.Tensor], torch.Tensor]
+) -> None:
+    """``model(x)`` and every parameter's gradient (of the squared output's sum) equal those of
+    ``reference_forward(model, x)``, the formula written out with the same modules (use float64)."""
+    params = list(model.parameters())
+    ours = model(x)
+    grads = torch.autograd.grad(ours.square().sum(), params)
+    reference = reference_forward(model, x)
+    reference_grads = torch.autograd.grad(reference.square().sum(), params)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    for name, g, r in zip((n for n, _ in model.named_parameters()), grads, reference_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10, msg=name)

@@ -29,7 +29,7 @@ from gptst.models.forecaster import Forecaster
 from gptst.params import DerivedGraphParams, GraphParams, SplitRatios, WindowParams
 from gptst.training.finetune import forecast
 
-from .baseline_checks import assert_dropout_only_in_training
+from .baseline_checks import assert_dropout_only_in_training, assert_same_function_and_gradients
 from .conftest import TEST_DATA
 
 SMALL = CcrnnConfig(hidden_size=8, n_dim=16)  # the reference has 25 units and 50-d embeddings
@@ -326,10 +326,4 @@ def test_shared_input_hops_match_the_joined_input_formula(demand, config):
     batch = _windows(demand, [0, 50, 100])
     model = _build(demand, {**config, "dropout": 0.0}, in_dim=6).double().train()
     x = _inputs(batch, 6).double()
-    ours = model(x)
-    grads = torch.autograd.grad(ours.square().sum(), list(model.parameters()))
-    reference = _reference_forward(model, x)
-    reference_grads = torch.autograd.grad(reference.square().sum(), list(model.parameters()))
-    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
-    for g, r in zip(grads, reference_grads, strict=True):
-        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+    assert_same_function_and_gradients(model, x, _reference_forward)

@@ -218,12 +218,16 @@ def assert_same_function_and_gradients(
     model: nn.Module, x: torch.Tensor, reference_forward: Callable[[Any, torch.Tensor], torch.Tensor]
 ) -> None:
     """``model(x)`` and every parameter's gradient (of the squared output's sum) equal those of
-    ``reference_forward(model, x)``, the formula written out with the same modules (use float64)."""
+    ``reference_forward(model, x)``, the formula written out with the same modules (use float64);
+    so does the input's gradient when ``x`` requires one."""
+    names = [n for n, _ in model.named_parameters()]
     params = list(model.parameters())
+    if x.requires_grad:
+        names, params = [*names, "input"], [*params, x]
     ours = model(x)
     grads = torch.autograd.grad(ours.square().sum(), params)
     reference = reference_forward(model, x)
     reference_grads = torch.autograd.grad(reference.square().sum(), params)
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
-    for name, g, r in zip((n for n, _ in model.named_parameters()), grads, reference_grads, strict=True):
+    for name, g, r in zip(names, grads, reference_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10, msg=name)

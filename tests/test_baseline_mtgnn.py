@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from gptst.models.baselines.mtgnn import MtgnnConfig
+from gptst.models.baselines.mtgnn import MTGNN, MtgnnConfig, _full_width, _transition
 
 from .baseline_checks import (
     assert_dropout_only_in_training,
     assert_forward_backward,
     assert_overfits,
     assert_reference_parameter_count,
+    assert_same_function_and_gradients,
     seeded_baseline,
     variant_inputs,
     week_graph,
@@ -98,8 +100,37 @@ def test_eval_mode_is_deterministic(week):
 def test_the_skip_connections_compute_the_full_width_convolution_as_a_matmul():
     """Same result as nn.Conv2d with a (1, T) kernel over all T steps (the matmul avoids oneDNN's
     NaN weight gradients for that shape on CPU)."""
-    from gptst.models.baselines.mtgnn import _full_width
-
     torch.manual_seed(0)
     conv, h = torch.nn.Conv2d(5, 7, kernel_size=(1, 9)), torch.randn(3, 5, 11, 9)
     assert torch.allclose(_full_width(conv, h), conv(h), atol=1e-5)
+
+
+def _reference_forward(model: MTGNN, x: torch.Tensor) -> torch.Tensor:
+    """MTGNN as the reference writes it (dropout off): the input left-padded with zeros to the
+    receptive field, then the start and input-skip convolutions on the padded input."""
+    h = x.permute(0, 3, 2, 1)
+    h = F.pad(h, (model.padded_steps - x.shape[1], 0))
+    adj = model.graph_learner()
+    forward_transition, backward_transition = _transition(adj), _transition(adj.T)
+    skip = model.input_skip(h)
+    h = model.start_conv(h)
+    for layer in range(len(model.norms)):
+        residual = h
+        h = torch.tanh(model.filter_convs[layer](h)) * torch.sigmoid(model.gate_convs[layer](h))
+        skip = skip + model.skip_convs[layer](h)
+        h = model.forward_props[layer](h, forward_transition) + model.backward_props[layer](h, backward_transition)
+        h = model.norms[layer](h + residual[..., -h.shape[-1] :])
+    skip = skip + model.output_skip(h)
+    out = model.end_conv_2(F.relu(model.end_conv_1(F.relu(skip))))
+    return out.reshape(x.shape[0], model.out_steps, model.out_dim, x.shape[2]).transpose(2, 3)
+
+
+@pytest.mark.parametrize(("in_dim", "in_steps"), [(1, 12), (64, 12), (5, 24)], ids=["plain", "gptst", "longer"])
+def test_the_input_convolutions_on_the_real_steps_match_the_reference_on_the_padded_input(week, in_dim, in_steps):
+    """The start and input-skip convolutions run on the unpadded input: forecast and every
+    gradient, the input's included, equal the reference's convolutions of the zero-padded input
+    (float64, dropout off; 24 steps need no padding)."""
+    x, _, _ = week_windows(week, windows=3, t_in=in_steps, nodes=NODES)
+    model = _build(week, SMALL.model_copy(update={"dropout": 0.0}), in_dim=in_dim, in_steps=in_steps).double()
+    x = variant_inputs(week, x, in_dim).double().requires_grad_()
+    assert_same_function_and_gradients(model.train(), x, _reference_forward)

@@ -216,6 +216,30 @@ class MTGNN(nn.Module):
         self.end_conv_1 = nn.Conv2d(skip, params.end_channels, kernel_size=1)
         self.end_conv_2 = nn.Conv2d(params.end_channels, out_steps * out_dim, kernel_size=1)
 
+    # The reference left-pads the input with zeros to the receptive field, then runs the start
+    # and input-skip convolutions on it. Both are linear maps of the input's channels, so they are
+    # computed on the real steps in the input's own [B, T, N, C] layout: the padded steps are the
+    # start convolution's bias and add nothing to the skip. No [B, C, N, padded] copy of a
+    # D-channel input and a third fewer skip FLOPs (gptst variant, 12 of 19 steps); the padded
+    # zeros' dropout draws are not made.
+
+    def _start(self, x: torch.Tensor) -> torch.Tensor:
+        """``start_conv`` of the zero-padded input [B, residual, N, padded_steps]."""
+        conv = self.start_conv
+        bias = cast(torch.Tensor, conv.bias)
+        h = F.linear(x, conv.weight.flatten(1), bias).permute(0, 3, 2, 1)  # [B, residual, N, T]
+        pad = self.padded_steps - x.shape[1]
+        if pad == 0:
+            return h.contiguous()
+        return torch.cat([bias[None, :, None, None].expand(*h.shape[:3], pad), h], dim=-1)
+
+    def _input_skip(self, x: torch.Tensor) -> torch.Tensor:
+        """``input_skip`` of the zero-padded input [B, skip, N, 1]: its newest ``T`` taps on ``x``."""
+        batch, steps, nodes, channels = x.shape
+        taps = self.input_skip.weight[:, :, 0, -steps:].transpose(1, 2).reshape(-1, steps * channels)
+        out = F.linear(x.transpose(1, 2).reshape(batch, nodes, steps * channels), taps, self.input_skip.bias)
+        return out.transpose(1, 2).unsqueeze(-1)
+
     def learned_adjacency(self) -> torch.Tensor:
         """The current learned graph [N, N] (top-k sparse per row)."""
         return self.graph_learner()
@@ -224,15 +248,11 @@ class MTGNN(nn.Module):
         batch, steps, nodes, channels = x.shape
         if (steps, nodes, channels) != (self.in_steps, self.num_nodes, self.in_dim):
             raise ValueError(f"expected x [B, {self.in_steps}, {self.num_nodes}, {self.in_dim}], got {tuple(x.shape)}")
-        h = x.permute(0, 3, 2, 1)  # [B, C, N, T]: time is the convolution's width axis
-        if steps < self.padded_steps:
-            h = F.pad(h, (self.padded_steps - steps, 0))
-
         adj = self.graph_learner()
         forward_transition, backward_transition = _transition(adj), _transition(adj.T)
 
-        skip = _full_width(self.input_skip, dropout(h, self.dropout, self.training))
-        h = self.start_conv(h)
+        skip = self._input_skip(dropout(x, self.dropout, self.training))
+        h = self._start(x)  # [B, residual, N, padded_steps]: time is the convolutions' width axis
         for layer in range(len(self.norms)):
             residual = h
             h = torch.tanh(self.filter_convs[layer](h)) * torch.sigmoid(self.gate_convs[layer](h))

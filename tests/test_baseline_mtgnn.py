@@ -107,7 +107,8 @@ def test_the_skip_connections_compute_the_full_width_convolution_as_a_matmul():
 
 def _reference_forward(model: MTGNN, x: torch.Tensor) -> torch.Tensor:
     """MTGNN as the reference writes it (dropout off): the input left-padded with zeros to the
-    receptive field, then the start and input-skip convolutions on the padded input."""
+    receptive field, then the start and input-skip convolutions on the padded input; each
+    direction's mix-hop propagation with its own selection."""
     h = x.permute(0, 3, 2, 1)
     h = F.pad(h, (model.padded_steps - x.shape[1], 0))
     adj = model.graph_learner()
@@ -125,12 +126,18 @@ def _reference_forward(model: MTGNN, x: torch.Tensor) -> torch.Tensor:
     return out.reshape(x.shape[0], model.out_steps, model.out_dim, x.shape[2]).transpose(2, 3)
 
 
-@pytest.mark.parametrize(("in_dim", "in_steps"), [(1, 12), (64, 12), (5, 24)], ids=["plain", "gptst", "longer"])
-def test_the_input_convolutions_on_the_real_steps_match_the_reference_on_the_padded_input(week, in_dim, in_steps):
-    """The start and input-skip convolutions run on the unpadded input: forecast and every
-    gradient, the input's included, equal the reference's convolutions of the zero-padded input
-    (float64, dropout off; 24 steps need no padding)."""
+@pytest.mark.parametrize(
+    ("in_dim", "in_steps", "depth"),
+    [(1, 12, 2), (64, 12, 2), (5, 24, 1), (1, 12, 0)],
+    ids=["plain", "gptst", "longer-depth-1", "depth-0"],
+)
+def test_the_fused_input_and_propagation_match_the_reference(week, in_dim, in_steps, depth):
+    """The start and input-skip convolutions run on the unpadded input, and the two directions'
+    mix-hop propagations share one selection convolution: forecast and every gradient, the
+    input's included, equal the reference's (convolutions of the zero-padded input, each direction
+    on its own; float64, dropout off; 24 steps need no padding)."""
     x, _, _ = week_windows(week, windows=3, t_in=in_steps, nodes=NODES)
-    model = _build(week, SMALL.model_copy(update={"dropout": 0.0}), in_dim=in_dim, in_steps=in_steps).double()
+    params = SMALL.model_copy(update={"dropout": 0.0, "gcn_depth": depth})
+    model = _build(week, params, in_dim=in_dim, in_steps=in_steps).double()
     x = variant_inputs(week, x, in_dim).double().requires_grad_()
     assert_same_function_and_gradients(model.train(), x, _reference_forward)

@@ -87,6 +87,34 @@ class MixHopPropagation(nn.Module):
         return self.select(torch.cat(hops, dim=1))
 
 
+def mix_hop_both_ways(
+    x: torch.Tensor, forward: MixHopPropagation, backward: MixHopPropagation, transitions: torch.Tensor
+) -> torch.Tensor:
+    """``forward(x, A) + backward(x, A^T)``, with ``transitions`` the two graphs stacked [2N, N].
+
+    Both directions start from the same hop 0 (``x``) and their selections are summed, so they
+    run as one 1x1 convolution over ``[x, forward hops, backward hops]`` whose hop-0 weight is the
+    sum of the two (the same parameters, and autograd gives each its gradient); the first hop of
+    both directions is one product with the stacked graphs. One selection call and one hop-0 copy
+    instead of two of each."""
+    if (forward.depth, forward.retain) != (backward.depth, backward.retain):
+        raise ValueError("both directions need the same depth and retain share")
+    nodes, channels = transitions.shape[1], x.shape[1]
+    hops = [x]
+    if forward.depth:
+        first = torch.einsum("vw,bcwt->bcvt", transitions, x)
+        ways = [forward.retain * x + (1.0 - forward.retain) * half for half in first.split(nodes, dim=2)]
+        hops_by_way: list[list[torch.Tensor]] = [[ways[0]], [ways[1]]]
+        for graph, way in zip(transitions.split(nodes), hops_by_way, strict=True):
+            for _ in range(forward.depth - 1):
+                way.append(forward.retain * x + (1.0 - forward.retain) * torch.einsum("vw,bcwt->bcvt", graph, way[-1]))
+        hops += hops_by_way[0] + hops_by_way[1]
+    w_f, w_b = forward.select.weight, backward.select.weight
+    weight = torch.cat([w_f[:, :channels] + w_b[:, :channels], w_f[:, channels:], w_b[:, channels:]], dim=1)
+    bias = cast(torch.Tensor, forward.select.bias) + cast(torch.Tensor, backward.select.bias)
+    return F.conv2d(torch.cat(hops, dim=1), weight, bias)
+
+
 class GraphLearner(nn.Module):
     """MTGNN's graph-learning layer: a uni-directional, non-negative, top-k sparse [N, N] graph."""
 
@@ -249,7 +277,7 @@ class MTGNN(nn.Module):
         if (steps, nodes, channels) != (self.in_steps, self.num_nodes, self.in_dim):
             raise ValueError(f"expected x [B, {self.in_steps}, {self.num_nodes}, {self.in_dim}], got {tuple(x.shape)}")
         adj = self.graph_learner()
-        forward_transition, backward_transition = _transition(adj), _transition(adj.T)
+        transitions = torch.cat([_transition(adj), _transition(adj.T)])  # forward and backward, [2N, N]
 
         skip = self._input_skip(dropout(x, self.dropout, self.training))
         h = self._start(x)  # [B, residual, N, padded_steps]: time is the convolutions' width axis
@@ -258,7 +286,12 @@ class MTGNN(nn.Module):
             h = torch.tanh(self.filter_convs[layer](h)) * torch.sigmoid(self.gate_convs[layer](h))
             h = dropout(h, self.dropout, self.training)
             skip = skip + _full_width(cast(nn.Conv2d, self.skip_convs[layer]), h)
-            h = self.forward_props[layer](h, forward_transition) + self.backward_props[layer](h, backward_transition)
+            h = mix_hop_both_ways(
+                h,
+                cast(MixHopPropagation, self.forward_props[layer]),
+                cast(MixHopPropagation, self.backward_props[layer]),
+                transitions,
+            )
             h = self.norms[layer](h + residual[..., -h.shape[-1] :])
 
         skip = skip + _full_width(self.output_skip, h)

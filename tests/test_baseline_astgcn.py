@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gptst.graph.normalize import chebyshev_polynomials, scaled_laplacian
-from gptst.models.baselines.astgcn import AstgcnConfig
+from gptst.models.baselines.astgcn import AstgcnConfig, AttentiveChebConv
 from gptst.models.baselines.registry import build_baseline
 
 from .baseline_checks import (
@@ -116,6 +116,35 @@ def test_graph_convolution_reaches_the_chebyshev_order_in_hops(week):
         graph_conv(inputs, attention)[:, node].sum().backward()
         influenced = (inputs.grad.abs().sum(dim=(0, 2, 3)) > 0).numpy()
         assert (influenced == hops[order - 1][node]).all(), f"K={order}: wrong neighbourhood of node {node}"
+
+
+@pytest.mark.parametrize("order", [3, 1])
+@pytest.mark.parametrize("laplacian", ["normalized", "combinatorial"])
+def test_the_identity_term_as_a_diagonal_scaling_matches_the_dense_formula(week, order, laplacian):
+    """T_0 = I, so the first term scales each node by the attention's diagonal instead of a dense
+    [N, N] product: output and the gradients of the input, the attention and every Theta_k equal
+    ``relu(sum_k ((T_k^T * S) X) Theta_k)`` computed densely (float64)."""
+    adj = week_graph(week, nodes=NODES).adj
+    polys = torch.from_numpy(chebyshev_polynomials(scaled_laplacian(adj, kind=laplacian), order)).transpose(1, 2)
+    conv = AttentiveChebConv(polys.double().contiguous(), 5, 7).double()
+    assert conv.first_is_identity
+    torch.nn.init.normal_(conv.theta)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, NODES, 4, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    attention = torch.softmax(torch.randn(2, NODES, NODES, dtype=torch.float64, generator=generator), -1)
+    attention.requires_grad_(True)
+
+    def dense():
+        terms = [torch.einsum("bnm,bmtf,fo->bnto", p * attention, x, t) for p, t in zip(conv.propagation, conv.theta)]
+        return torch.relu(sum(terms))
+
+    inputs = [x, attention, conv.theta]
+    ours, reference = conv(x, attention), dense()
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    for got, want in zip(
+        torch.autograd.grad(ours.square().sum(), inputs), torch.autograd.grad(reference.square().sum(), inputs)
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_laplacian_is_normalised_by_default_and_combinatorial_as_in_the_paper(week):

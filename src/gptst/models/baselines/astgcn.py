@@ -87,10 +87,18 @@ class AttentiveChebConv(nn.Module):
         # The graph comes with the model's construction arguments, so it is not part of the weights.
         self.register_buffer("propagation", propagation, persistent=False)  # [K, N, N]
         self.theta = nn.Parameter(torch.empty(propagation.shape[0], c_in, c_out))
+        # T_0 is the identity, so (T_0^T * S) X only scales each node by S's diagonal: N x fewer
+        # multiply-adds than the dense [N, N] product (a third of the convolution at K = 3).
+        eye = torch.eye(propagation.shape[1], dtype=propagation.dtype)
+        self.first_is_identity = bool(len(propagation)) and torch.equal(propagation[0], eye)
 
     def forward(self, x: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:  # [B, N, T, F], [B, N, N]
         out = torch.zeros((), dtype=x.dtype, device=x.device)
-        for poly, theta in zip(self.propagation, self.theta, strict=True):
+        first = 0
+        if self.first_is_identity:
+            out = torch.einsum("bn,bntf,fo->bnto", attention.diagonal(dim1=1, dim2=2), x, self.theta[0])
+            first = 1
+        for poly, theta in zip(self.propagation[first:], self.theta[first:], strict=True):
             out = out + torch.einsum("bnm,bmtf,fo->bnto", poly * attention, x, theta)
         return torch.relu(out)
 

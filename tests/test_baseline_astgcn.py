@@ -135,14 +135,19 @@ def test_the_identity_term_as_a_diagonal_scaling_matches_the_dense_formula(week,
     attention.requires_grad_(True)
 
     def dense():
-        terms = [torch.einsum("bnm,bmtf,fo->bnto", p * attention, x, t) for p, t in zip(conv.propagation, conv.theta)]
+        terms = [
+            torch.einsum("bnm,bmtf,fo->bnto", p * attention, x, t)
+            for p, t in zip(conv.propagation, conv.theta, strict=True)
+        ]
         return torch.relu(sum(terms))
 
     inputs = [x, attention, conv.theta]
     ours, reference = conv(x, attention), dense()
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
     for got, want in zip(
-        torch.autograd.grad(ours.square().sum(), inputs), torch.autograd.grad(reference.square().sum(), inputs)
+        torch.autograd.grad(ours.square().sum(), inputs),
+        torch.autograd.grad(reference.square().sum(), inputs),
+        strict=True,
     ):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 

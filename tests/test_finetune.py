@@ -274,9 +274,30 @@ def test_the_encode_cache_holds_the_encoder_outputs_in_fp16(data, encoder_file, 
     batch = data.batcher.gather(starts[[3, 7]])
     with torch.no_grad():
         expected = bundle.model.encode(batch.x, batch.cal)
-    torch.testing.assert_close(cache.lookup(starts[[3, 7]]), expected, atol=2e-3, rtol=2e-3)
+    looked_up = cache.lookup(starts[[3, 7]])
+    assert looked_up.dtype == torch.float32
+    assert torch.equal(looked_up, expected.to(torch.float16).float()), "not the outputs rounded to fp16"
+    torch.testing.assert_close(looked_up, expected, atol=2e-3, rtol=2e-3)
     with pytest.raises(InputError, match="another encoder"):
         EncodedCache.open(tmp_path / "enc", "b" * 64)
+
+
+def test_a_lookup_across_shards_returns_the_windows_in_the_order_asked(data, encoder_file, tmp_path, monkeypatch):
+    """Windows spread over several shard files come back in the order asked, repeats included,
+    exactly as a one-shard cache gives them."""
+    import gptst.models.encoded as encoded
+
+    bundle = load_encoder(encoder_file)
+    starts = data.splits.val.starts[:10]
+    write_encoded(tmp_path / "one", bundle, data.batcher, starts, encoder_sha256="a" * 64, max_gb=1.0)
+    cfg = bundle.config
+    monkeypatch.setattr(encoded, "SHARD_BYTES", 3 * encoded.cache_bytes(1, cfg.t_in, cfg.num_nodes, cfg.hidden))
+    index = write_encoded(tmp_path / "many", bundle, data.batcher, starts, encoder_sha256="a" * 64, max_gb=1.0)
+    assert [rows for _, _, rows in index.shards] == [3, 3, 3, 1]
+    asked = starts[[9, 0, 4, 4, 7, 2]]
+    one, many = (EncodedCache.open(tmp_path / name, "a" * 64) for name in ("one", "many"))
+    assert torch.equal(many.lookup(asked), one.lookup(asked))
+    assert torch.equal(many.lookup(asked)[1], one.lookup(starts[[0]])[0])
 
 
 def test_above_the_size_cap_the_cache_is_only_an_on_the_fly_index(data, encoder_file, tmp_path):

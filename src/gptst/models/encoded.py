@@ -169,8 +169,10 @@ class EncodedCache:
             ]
             raise KeyError(f"windows {missing[:5].tolist()} are not in the encoded cache {self.folder}")
         shard_of = np.searchsorted(self._first, rows, side="right") - 1
-        out = np.empty((len(starts), *self.index.shape), dtype=np.float32)
+        out = np.empty((len(starts), *self.index.shape), dtype=np.float16)
         for s in np.unique(shard_of):
             pick = shard_of == s
             out[pick] = self._shards[s][rows[pick] - self._first[s]]
-        return torch.from_numpy(out)
+        # Widened by torch, not numpy: the same exact values, 0.6 against 4.6 ms for a batch of 32
+        # windows at the `cpu` sizes (numpy converts half precision element by element).
+        return torch.from_numpy(out).float()

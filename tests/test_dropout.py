@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptst.models.dropout import Dropout, dropout
+from gptst.models.dropout import Dropout, dropout, relu_dropout
 
 
 def test_training_zeroes_a_share_p_and_scales_the_rest_by_one_over_one_minus_p():
@@ -50,3 +50,21 @@ def test_every_position_of_the_random_words_drops_the_same_share():
     torch.testing.assert_close(shares, torch.full((4,), 0.5), atol=0.006, rtol=0)
     odd_shape = torch.ones(3, 5, 7).transpose(0, 2)  # 105 elements, not a multiple of 4, not contiguous
     assert set(dropout(odd_shape, 0.2, training=True).unique().tolist()) <= {0.0, 1.25}
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_relu_dropout_is_dropout_of_relu_with_the_same_draws_and_gradient(training):
+    """One mask for both: the same forecast values and input gradient as ``dropout(relu(x))``
+    from the same generator state, in training and eval mode."""
+    x = torch.randn(5, 6, 7, requires_grad=True)
+    x.data[0] = 0.0  # relu's kink: no gradient through an exact zero either way
+    torch.manual_seed(3)
+    ours = relu_dropout(x, 0.4, training)
+    (ours_grad,) = torch.autograd.grad(ours, x, torch.arange(1, ours.numel() + 1, dtype=x.dtype).view(ours.shape))
+    torch.manual_seed(3)
+    spec = dropout(torch.relu(x), 0.4, training)
+    (spec_grad,) = torch.autograd.grad(spec, x, torch.arange(1, spec.numel() + 1, dtype=x.dtype).view(spec.shape))
+    assert torch.equal(ours, spec) and torch.equal(ours_grad, spec_grad)
+    assert (ours >= 0).all()
+    if training:
+        assert 0 < (spec[x > 0] == 0).float().mean() < 1, "some positive inputs dropped, not all"

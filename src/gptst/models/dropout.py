@@ -21,14 +21,19 @@ _LEVELS = 1 << 15
 _LOW_15_BITS = _LEVELS - 1
 
 
+def _scaled_mask(x: Tensor, p: float) -> Tensor:
+    """A mask shaped like ``x``: 0 with probability ``p``, else ``1 / (1 - p)``."""
+    n = x.numel()
+    # random_ fills int64 with 63 random bits: each of its four 16-bit parts has 15 below its sign bit.
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_().view(torch.int16)[:n]
+    keep = bits.bitwise_and_(_LOW_15_BITS).ge_(round(p * _LEVELS))
+    return keep.view(x.shape).to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
 class _ScaledMask(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, p: float) -> Tensor:
-        n = x.numel()
-        # random_ fills int64 with 63 random bits: each of its four 16-bit parts has 15 below its sign bit.
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_().view(torch.int16)[:n]
-        keep = bits.bitwise_and_(_LOW_15_BITS).ge_(round(p * _LEVELS))
-        mask = keep.view(x.shape).to(x.dtype).mul_(1.0 / (1.0 - p))
+        mask = _scaled_mask(x, p)
         ctx.save_for_backward(mask)
         return x * mask
 
@@ -46,6 +51,32 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     if x.device.type != "cpu" or not x.is_floating_point():
         return F.dropout(x, p, training)
     return _ScaledMask.apply(x, p)
+
+
+class _ReluScaledMask(torch.autograd.Function):
+    """``dropout(relu(x))`` as one mask: the dropout mask zeroed where ``x <= 0``. Forward and
+    backward are one multiply each (relu's own pass and its gradient's are gone), and only the
+    mask is kept. The same random draws as :func:`dropout` of a tensor of ``x``'s shape."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p: float) -> Tensor:
+        mask = _scaled_mask(x, p).masked_fill_(x <= 0, 0.0)
+        ctx.save_for_backward(mask)
+        # x * 0 is -0.0 for negative x where relu gives +0.0: equal values, and no sum can tell.
+        return x * mask
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
+
+
+def relu_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """``dropout(relu(x), p, training)`` with the same random draws, in one pass on the CPU."""
+    if not training or p == 0.0 or x.device.type != "cpu" or not x.is_floating_point():
+        return dropout(torch.relu(x), p, training)
+    return _ReluScaledMask.apply(x, p)
 
 
 class Dropout(nn.Module):

@@ -53,7 +53,7 @@ from torch import nn
 from gptst.graph.bundle import GraphBundle
 from gptst.graph.normalize import normalized_adjacency
 from gptst.models.baselines.registry import BaselineConfig, register_baseline
-from gptst.models.dropout import Dropout
+from gptst.models.dropout import Dropout, relu_dropout
 
 
 def regularised_adjacency(adj: np.ndarray, alpha: float) -> np.ndarray:
@@ -88,7 +88,7 @@ class CausalTcn(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         for conv, pad in zip(self.convs, self.pads, strict=True):
-            h = self.dropout(torch.relu(conv(F.pad(h, (pad, 0)))))
+            h = relu_dropout(conv(F.pad(h, (pad, 0))), self.dropout.p, self.training)
         return torch.relu(h + (x if self.residual is None else self.residual(x)))
 
 

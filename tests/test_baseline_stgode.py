@@ -21,6 +21,7 @@ from .baseline_checks import (
     assert_dropout_only_in_training,
     assert_forward_backward,
     assert_overfits,
+    assert_same_function_and_gradients,
     derived_week_graph,
     pems08_graph,
     seeded_baseline,
@@ -62,6 +63,26 @@ def test_forward_backward_on_real_windows_reaches_every_parameter(week, graph, i
     x, y, scaler = week_windows(week, windows=4, nodes=NODES)
     model = _build(graph, SMALL.model_copy(update={"dropout": 0.2}), in_dim=in_dim)
     assert_forward_backward(model, variant_inputs(week, x, in_dim), y, scaler)
+
+
+def _stacked_max_forward(model, x: torch.Tensor) -> torch.Tensor:
+    """STGODE with the branches max-pooled as the reference pools them: stacked, then amax."""
+    h = x.permute(0, 3, 2, 1)
+    outs = [branch(h, model.spatial_adj) for branch in model.spatial]
+    outs += [branch(h, model.semantic_adj) for branch in model.semantic]
+    features = torch.stack(outs).amax(dim=0)
+    batch, _, nodes, _ = x.shape
+    out = model.head(features.permute(0, 2, 3, 1).reshape(batch, nodes, -1))
+    return out.reshape(batch, nodes, model.out_steps, model.out_dim).transpose(1, 2)
+
+
+def test_pairwise_maxima_pool_the_branches_as_stack_and_amax(week, graph):
+    """Three branches per graph: forecast and every gradient, the input's included, equal the
+    stacked amax (float64, dropout off; real windows have no exact ties between branches)."""
+    x, _, _ = week_windows(week, windows=3, nodes=NODES)
+    model = _build(graph, SMALL.model_copy(update={"branches": 3}), in_dim=5).double()
+    x = variant_inputs(week, x, 5).double().requires_grad_()
+    assert_same_function_and_gradients(model.train(), x, _stacked_max_forward)
 
 
 @pytest.mark.parametrize(("in_steps", "out_steps", "ode_steps"), [(6, 3, 1), (12, 6, 3), (24, 12, 1)])

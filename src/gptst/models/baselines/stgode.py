@@ -42,6 +42,7 @@ steps integrate the same ODE more accurately at proportional cost. Differences, 
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -223,7 +224,9 @@ class STGODE(nn.Module):
         x = x.permute(0, 3, 2, 1)  # [B, C, N, T]
         outs = [branch(x, self.spatial_adj) for branch in self.spatial]
         outs += [branch(x, self.semantic_adj) for branch in self.semantic]
-        return torch.stack(outs).amax(dim=0)
+        # Pairwise maxima, not stack + amax: no [branches, B, C, N, T] copy forward or backward.
+        # The same values; only exact ties between branches share the gradient differently.
+        return functools.reduce(torch.maximum, outs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, nodes, _ = x.shape

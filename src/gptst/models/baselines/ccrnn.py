@@ -58,6 +58,7 @@ from torch import nn
 
 from gptst.graph.bundle import GraphBundle
 from gptst.graph.normalize import random_walk
+from gptst.models.baselines.propagation import propagate
 from gptst.models.baselines.registry import BaselineConfig, register_baseline
 from gptst.models.dropout import Dropout
 
@@ -86,7 +87,7 @@ def diffuse(x: torch.Tensor, graph: torch.Tensor, hops: int) -> torch.Tensor:
     """``[x, A x, ..., A^K x]`` concatenated on the channels: [..., N, C] -> [..., N, (K+1) C]."""
     terms = [x]
     for _ in range(hops):
-        terms.append(torch.einsum("nm,...mc->...nc", graph, terms[-1]))
+        terms.append(propagate(graph, terms[-1]))
     return torch.cat(terms, dim=-1)
 
 

@@ -51,6 +51,7 @@ from torch import nn
 
 from gptst.graph.bundle import GraphBundle
 from gptst.graph.normalize import normalized_adjacency
+from gptst.models.baselines.propagation import propagate
 from gptst.models.baselines.registry import BaselineConfig, register_baseline
 from gptst.models.dropout import Dropout
 
@@ -138,7 +139,7 @@ class DMVSTNet(nn.Module):
         """The temporal view [B, T, N, lstm_hidden] and the semantic view [B, T, N, hidden]."""
         batch, steps, nodes, _ = x.shape
         x_spatial, x_temporal, x_semantic = self.project(x).split(self.hidden, dim=-1)
-        local = F.relu(self.local(torch.einsum("nm,btmh->btnh", self.adj, x_spatial)))
+        local = F.relu(self.local(propagate(self.adj, x_spatial)))
         spatial = self.spatial(local) + x_spatial
         sequences = torch.cat([spatial, x_temporal], dim=-1).transpose(1, 2).reshape(batch * nodes, steps, -1)
         out, (last, _) = self.lstm(sequences)

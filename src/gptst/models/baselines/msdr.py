@@ -51,6 +51,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from gptst.graph.bundle import GraphBundle
+from gptst.models.baselines.propagation import propagate
 from gptst.models.baselines.registry import BaselineConfig, register_baseline
 from gptst.models.dropout import Dropout
 
@@ -64,7 +65,7 @@ W_GAIN = 0.1
 def transition_propagate(support: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """``P^T h`` for a random-walk transition ``P`` [N, N] and h [B, N, C]: node w gathers
     ``sum_v P[v, w] h_v``, diffusion along the edge direction (the DCRNN orientation)."""
-    return torch.einsum("vw,bvc->bwc", support, h)
+    return propagate(support.T, h)
 
 
 class GmsdrCell(nn.Module):
@@ -118,7 +119,7 @@ class GmsdrCell(nn.Module):
         for _ in range(self.diffusion_steps):
             # The reference applies the learned adjacency as A @ z (rows gather), unlike the
             # transitions; the adjacency is learned, so its orientation is a convention.
-            h = torch.einsum("nm,bmc->bnc", adaptive, h)
+            h = propagate(adaptive, h)
             terms.append(h)
         return self.gconv(torch.cat(terms, dim=-1))
 

@@ -21,13 +21,9 @@ from torch import nn
 
 from gptst.graph.bundle import GraphBundle
 from gptst.graph.normalize import normalized_adjacency
+from gptst.models.baselines.propagation import propagate
 from gptst.models.baselines.registry import BaselineConfig, register_baseline
 from gptst.models.dropout import Dropout
-
-
-def propagate(adj: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """``A_hat @ h`` for h [..., N, C]: every node averages itself and its neighbours."""
-    return torch.einsum("nm,...mc->...nc", adj, h)
 
 
 class GraphGruCell(nn.Module):

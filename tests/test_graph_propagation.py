@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptst.models.baselines.propagation import BATCHED_FROM_CHANNELS, propagate
+from gptst.models.baselines._propagation import BATCHED_FROM_CHANNELS, propagate
 
 
 @pytest.mark.parametrize("channels", [1, BATCHED_FROM_CHANNELS - 1, BATCHED_FROM_CHANNELS, 40])

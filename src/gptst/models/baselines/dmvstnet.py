@@ -51,7 +51,7 @@ from torch import nn
 
 from gptst.graph.bundle import GraphBundle
 from gptst.graph.normalize import normalized_adjacency
-from gptst.models.baselines.propagation import propagate
+from gptst.models.baselines._propagation import propagate
 from gptst.models.baselines.registry import BaselineConfig, register_baseline
 from gptst.models.dropout import Dropout
 

@@ -51,7 +51,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from gptst.graph.bundle import GraphBundle
-from gptst.models.baselines.propagation import propagate
+from gptst.models.baselines._propagation import propagate
 from gptst.models.baselines.registry import BaselineConfig, register_baseline
 from gptst.models.dropout import Dropout
 

@@ -31,17 +31,24 @@ def _scaled_mask(x: Tensor, p: float) -> Tensor:
 
 
 class _ScaledMask(torch.autograd.Function):
+    """``x * mask`` with the mask kept for backward. With ``relu`` the mask is also zeroed where
+    ``x <= 0``: ``dropout(relu(x))`` as one mask, so relu's own pass and its gradient's are gone
+    (the same random draws as without)."""
+
     @staticmethod
-    def forward(ctx, x: Tensor, p: float) -> Tensor:
+    def forward(ctx, x: Tensor, p: float, relu: bool) -> Tensor:
         mask = _scaled_mask(x, p)
+        if relu:
+            mask.masked_fill_(x <= 0, 0.0)
         ctx.save_for_backward(mask)
+        # With relu, x * 0 is -0.0 for negative x where relu gives +0.0: equal values, and no sum can tell.
         return x * mask
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         (mask,) = ctx.saved_tensors
-        return grad * mask, None
+        return grad * mask, None, None
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -50,33 +57,14 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return x
     if x.device.type != "cpu" or not x.is_floating_point():
         return F.dropout(x, p, training)
-    return _ScaledMask.apply(x, p)
-
-
-class _ReluScaledMask(torch.autograd.Function):
-    """``dropout(relu(x))`` as one mask: the dropout mask zeroed where ``x <= 0``. Forward and
-    backward are one multiply each (relu's own pass and its gradient's are gone), and only the
-    mask is kept. The same random draws as :func:`dropout` of a tensor of ``x``'s shape."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, p: float) -> Tensor:
-        mask = _scaled_mask(x, p).masked_fill_(x <= 0, 0.0)
-        ctx.save_for_backward(mask)
-        # x * 0 is -0.0 for negative x where relu gives +0.0: equal values, and no sum can tell.
-        return x * mask
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None
+    return _ScaledMask.apply(x, p, False)
 
 
 def relu_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """``dropout(relu(x), p, training)`` with the same random draws, in one pass on the CPU."""
     if not training or p == 0.0 or x.device.type != "cpu" or not x.is_floating_point():
         return dropout(torch.relu(x), p, training)
-    return _ReluScaledMask.apply(x, p)
+    return _ScaledMask.apply(x, p, True)
 
 
 class Dropout(nn.Module):

@@ -167,9 +167,16 @@ def test_nothing_is_kept_where_python_may_not_write_bytecode(tmp_path, monkeypat
 
 
 # ------------------------------------------------------------------------------- DVC stage deps
+def every_baseline() -> list[str]:
+    """Every baseline a user can list in ``finetune.baselines``: the registry reads each public
+    module of the baselines package as one."""
+    folder = LIBRARY / "models" / "baselines"
+    return sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_") and p.stem != "registry")
+
+
 def stage_entries() -> dict[str, list[tuple[Path, list[str]]]]:
-    """Per stage (matrix items expanded), its script plus the modules it loads by name, and its deps."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    """Per stage, its script plus the modules it loads by name, and its deps; a matrix stage is
+    expanded over every baseline, not only params.yaml's, since its deps serve any list."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     out: dict[str, list[tuple[Path, list[str]]]] = {}
     for name, stage in stages.items():
@@ -179,7 +186,7 @@ def stage_entries() -> dict[str, list[tuple[Path, list[str]]]]:
             out[name] = [(script, deps)]
             continue
         out[name] = []
-        for baseline in params["finetune"]["baselines"]:
+        for baseline in every_baseline():
             item = [d.replace("${item.baseline}", baseline) for d in deps]
             out[f"{name}@{baseline}"] = [(script, item)]
     return out
@@ -222,10 +229,24 @@ def test_every_stage_depends_on_exactly_the_project_modules_it_runs():
 
 
 def test_a_missing_dep_is_named_with_its_stage():
-    ((script, deps),) = stage_entries()["finetune@tgcn"]
+    entries = stage_entries()
+    ((script, deps),) = entries["finetune@tgcn"]
     planted = [d for d in deps if d != "src/gptst/data/windows.py"]
-    assert dep_problems("finetune@tgcn", script, planted) == [
+    siblings = [s for s in entries if s.startswith("finetune@")]
+    assert dep_problems("finetune@tgcn", script, planted, siblings) == [
         "finetune@tgcn: src/gptst/data/windows.py is imported but not in deps"
+    ]
+
+
+def test_a_module_only_an_opt_in_baseline_imports_is_still_a_dep_of_its_items():
+    """The finetune deps serve whatever ``finetune.baselines`` lists: without the layers STSGCN
+    shares with STFGNN, an edit to them would leave a trained STSGCN item stale."""
+    entries = stage_entries()
+    ((script, deps),) = entries["finetune@stsgcn"]
+    planted = [d for d in deps if d != "src/gptst/models/baselines/_stsgcn_layers.py"]
+    siblings = [s for s in entries if s.startswith("finetune@")]
+    assert dep_problems("finetune@stsgcn", script, planted, siblings) == [
+        "finetune@stsgcn: src/gptst/models/baselines/_stsgcn_layers.py is imported but not in deps"
     ]
 
 

@@ -131,13 +131,86 @@ def test_one_euler_step_is_the_reference_ode_update(graph):
     derivative = s * torch.einsum("nm,bcmt->bcnt", adj, h) + torch.einsum("bcnt,cd->bdnt", h, w)
     derivative = derivative + torch.einsum("bcnt,ts->bcns", h, w2) - 3 * h + h
     torch.testing.assert_close(ode(h, adj), torch.relu(h + 6 * derivative), rtol=1e-4, atol=1e-4)
-    # Three steps of 2 integrate the same ODE to the same time.
-    fine = TensorOde(NODES, 4, 12, time=6.0, steps=3)
+    # Three steps of 2 integrate the same ODE to the same time (float64: the values grow large).
+    fine = TensorOde(NODES, 4, 12, time=6.0, steps=3).double()
     fine.load_state_dict(ode.state_dict())
+    h, adj = h.double(), adj.double()
     z = h
     for _ in range(3):
         z = z + 2 * (fine.derivative(z, h, adj))
     torch.testing.assert_close(fine(h, adj), torch.relu(z))
+
+
+def _euler_by_autograd(ode: TensorOde, h: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
+    """The Euler steps as the formula reads, through :meth:`TensorOde.derivative` and autograd."""
+    z = h
+    for _ in range(ode.steps):
+        z = z + ode.dt * ode.derivative(z, h, adj)
+    return torch.relu(z)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_the_fused_euler_step_matches_the_formula_and_its_gradients(graph, steps):
+    """The ODE's Euler steps run as one linear operator (its coefficient and three products added
+    in place) with the transposed operator as backward: the output and the gradients of the
+    input and of alpha, W, d, W2 and d2 equal autograd's through the formula, in float64."""
+    torch.manual_seed(3)
+    ode = TensorOde(NODES, 4, 12, time=6.0, steps=steps).double()
+    with torch.no_grad():  # away from the identity start, and with d inside and outside [0, 1]
+        ode.alpha.normal_(0.0, 1.0)
+        ode.w.normal_(0.0, 0.5)
+        ode.d.copy_(torch.tensor([0.5, 2.0, -1.0, 0.3]))
+        ode.w2.normal_(0.0, 0.3)
+        ode.d2.uniform_(-0.2, 1.2)
+    adj = _build(graph).spatial_adj.double()
+    h = torch.randn(2, 4, NODES, 12, dtype=torch.float64, requires_grad=True)
+    params = [h, *ode.parameters()]
+    ours = ode(h, adj)
+    reference = _euler_by_autograd(ode, h, adj)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(ours)  # a loss whose gradient is not the output itself
+    grads = torch.autograd.grad((ours * weights).sum(), params)
+    reference_grads = torch.autograd.grad((reference * weights).sum(), params)
+    for name, g, r in zip(["h", *(n for n, _ in ode.named_parameters())], grads, reference_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_the_euler_step_kernel_is_its_own_formula_for_any_matrices(first):
+    """The kernel itself, with matrices that are not symmetric (the model's W and W2 are), checked
+    by gradcheck and against the update written out: every transpose of its backward matters."""
+    from gptst.models.baselines.stgode import _EulerStep
+
+    torch.manual_seed(4)
+    b, c, n, t = 2, 3, 5, 4
+    h = torch.randn(b, c, n, t, dtype=torch.float64, requires_grad=True)
+    h0 = None if first else torch.randn(b, c, n, t, dtype=torch.float64, requires_grad=True)
+    adj = torch.rand(n, n, dtype=torch.float64)
+    scale, w, w2 = (torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in ((n,), (c, c), (t, t)))
+    dt = 0.7
+    start = h if h0 is None else h0
+    expected = h + dt * (
+        scale[:, None] * torch.einsum("nm,bcmt->bcnt", adj, h)
+        + torch.einsum("bcnt,cd->bdnt", h, w)
+        + torch.einsum("bcnt,ts->bcns", h, w2)
+        - 3 * h
+        + start
+    )
+    torch.testing.assert_close(_EulerStep.apply(h, h0, adj, scale, w, w2, dt), expected)
+    inputs = (h, h0, adj, scale, w, w2, dt)
+    assert torch.autograd.gradcheck(lambda *a: _EulerStep.apply(*a), inputs)
+
+
+def test_the_ode_runs_under_bfloat16_autocast(week, graph):
+    """Under autocast (the GPU's bfloat16 training) the fused step takes the TCN's bfloat16 output
+    and its float32 parameters: forward and backward run and every parameter gets a gradient."""
+    x, y, scaler = week_windows(week, windows=2, nodes=NODES)
+    model = _build(graph)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    out.float().square().mean().backward()
+    assert torch.isfinite(out.float()).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_tcn_is_causal_and_uses_its_convolutions_at_equal_widths():

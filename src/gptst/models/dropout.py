@@ -21,13 +21,18 @@ _LEVELS = 1 << 15
 _LOW_15_BITS = _LEVELS - 1
 
 
-def _scaled_mask(x: Tensor, p: float) -> Tensor:
-    """A mask shaped like ``x``: 0 with probability ``p``, else ``1 / (1 - p)``."""
+def _scaled_mask(x: Tensor, p: float, positive_only: bool = False) -> Tensor:
+    """A mask shaped like ``x``: 0 with probability ``p``, else ``1 / (1 - p)``; with
+    ``positive_only`` also 0 where ``x <= 0`` (the same draws)."""
     n = x.numel()
     # random_ fills int64 with 63 random bits: each of its four 16-bit parts has 15 below its sign bit.
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_().view(torch.int16)[:n]
-    keep = bits.bitwise_and_(_LOW_15_BITS).ge_(round(p * _LEVELS))
-    return keep.view(x.shape).to(x.dtype).mul_(1.0 / (1.0 - p))
+    keep = bits.bitwise_and_(_LOW_15_BITS).ge_(round(p * _LEVELS)).view(x.shape)  # 0 / 1 as int16
+    if positive_only:
+        # On the int16 0 / 1, before the float mask exists: 6.1 against 11.4 ms for a float
+        # masked_fill_ afterwards (2.5 M elements, alternating).
+        keep.mul_(x > 0)
+    return keep.to(x.dtype).mul_(1.0 / (1.0 - p))
 
 
 class _ScaledMask(torch.autograd.Function):
@@ -37,9 +42,7 @@ class _ScaledMask(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, p: float, relu: bool) -> Tensor:
-        mask = _scaled_mask(x, p)
-        if relu:
-            mask.masked_fill_(x <= 0, 0.0)
+        mask = _scaled_mask(x, p, positive_only=relu)
         ctx.save_for_backward(mask)
         # With relu, x * 0 is -0.0 for negative x where relu gives +0.0: equal values, and no sum can tell.
         return x * mask

@@ -59,3 +59,19 @@ def test_the_fusion_kernel_passes_gradcheck_for_every_input():
         *(torch.randn(c, d, dtype=torch.float64, requires_grad=True) for _ in range(3)),  # P_lin, P_gate, P_out
     ]
     assert torch.autograd.gradcheck(_GatedMix.apply, inputs)
+
+
+def test_under_autocast_the_fusion_runs_in_its_dtype_and_keeps_float32_gradients():
+    """The GPU path (bfloat16 autocast): inputs and parameters are cast to the autocast dtype for
+    the kernel's products, the forecast is within bfloat16's rounding of float32's, and the
+    parameters' gradients arrive in float32."""
+    torch.manual_seed(3)
+    fusion = GatedFusion(1, 16)
+    x, h_pre = torch.randn(2, 12, 7, 1), torch.randn(2, 12, 7, 16)
+    reference = fusion(x, h_pre)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fusion(x, h_pre)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, rtol=0.05, atol=0.05)
+    out.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in fusion.parameters())

@@ -55,6 +55,7 @@ from gptst.graph.bundle import GraphBundle
 from gptst.graph.normalize import normalized_adjacency
 from gptst.models.baselines.registry import BaselineConfig, register_baseline
 from gptst.models.dropout import Dropout, relu_dropout
+from gptst.models.kernels import apply_kernel
 
 
 def regularised_adjacency(adj: np.ndarray, alpha: float) -> np.ndarray:
@@ -127,7 +128,7 @@ class TensorOde(nn.Module):
         w2 = (self.w2 * self.d2.clamp(0, 1)) @ self.w2.T
         h0, z = h, h
         for step in range(self.steps):
-            z = _EulerStep.apply(z, None if step == 0 else h0, adj, scale, w, w2, self.dt)
+            z = apply_kernel(_EulerStep, z, None if step == 0 else h0, adj, scale, w, w2, self.dt)
         return torch.relu(z)
 
 
@@ -143,19 +144,17 @@ class _EulerStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, h0, adj, scale, w, w2, dt: float):
-        with torch.autocast(h.device.type, enabled=False):  # in-place products: one dtype
-            h = h.contiguous()
-            adj, scale, w, w2 = (t.to(h.dtype) for t in (adj, scale, w, w2))
-            batch, channels, _, steps = h.shape
-            out = torch.mul(h, 1 - 3 * dt + (dt if h0 is None else 0.0))
-            if h0 is not None:
-                out.add_(h0.to(h.dtype), alpha=dt)
-            out.view(batch, channels, -1).baddbmm_(w.T.expand(batch, -1, -1), h.view(batch, channels, -1), alpha=dt)
-            out.view(-1, steps).addmm_(h.view(-1, steps), w2, alpha=dt)
-            # One product over all (b, c, t) columns (h permuted, as einsum does) is faster than
-            # B * C products of [N, N] with [N, T]; A h is kept for the gradient of s.
-            propagated = torch.einsum("nm,bcmt->bcnt", adj, h)
-            out.addcmul_(propagated, (dt * scale)[:, None])
+        h = h.contiguous()
+        batch, channels, _, steps = h.shape
+        out = torch.mul(h, 1 - 3 * dt + (dt if h0 is None else 0.0))
+        if h0 is not None:
+            out.add_(h0, alpha=dt)
+        out.view(batch, channels, -1).baddbmm_(w.T.expand(batch, -1, -1), h.view(batch, channels, -1), alpha=dt)
+        out.view(-1, steps).addmm_(h.view(-1, steps), w2, alpha=dt)
+        # One product over all (b, c, t) columns (h permuted, as einsum does) is faster than
+        # B * C products of [N, N] with [N, T]; A h is kept for the gradient of s.
+        propagated = torch.einsum("nm,bcmt->bcnt", adj, h)
+        out.addcmul_(propagated, (dt * scale)[:, None])
         ctx.save_for_backward(h, propagated, adj, scale, w, w2)
         ctx.dt, ctx.first = dt, h0 is None
         return out
@@ -168,25 +167,22 @@ class _EulerStep(torch.autograd.Function):
         need_h, need_h0, _, need_scale, need_w, need_w2, _ = ctx.needs_input_grad
         batch, channels, _, steps = h.shape
         grad_h = grad_h0 = grad_scale = grad_w = grad_w2 = None
-        with torch.autocast(h.device.type, enabled=False):
-            grad = grad.contiguous().to(h.dtype)
-            rows = grad.view(-1, steps)
-            if need_h:
-                grad_h = torch.mul(grad, 1 - 3 * dt + (dt if ctx.first else 0.0))
-                grad_h.view(batch, channels, -1).baddbmm_(
-                    w.expand(batch, -1, -1), grad.view(batch, channels, -1), alpha=dt
-                )
-                grad_h.view(-1, steps).addmm_(rows, w2.T, alpha=dt)
-                grad_h.add_(torch.einsum("nm,bcnt->bcmt", adj, grad * (dt * scale)[:, None]))
-            if need_h0 and not ctx.first:
-                grad_h0 = grad * dt
-            if need_scale:  # dt * sum over (b, c, t) of grad * (A h), per node
-                grad_scale = dt * (propagated * grad).sum(dim=(0, 1, 3))
-            if need_w:
-                h_rows = h.view(batch, channels, -1)
-                grad_w = dt * torch.bmm(h_rows, grad.view(batch, channels, -1).transpose(1, 2)).sum(0)
-            if need_w2:
-                grad_w2 = dt * (h.view(-1, steps).T @ rows)
+        grad = grad.contiguous()
+        rows = grad.view(-1, steps)
+        if need_h:
+            grad_h = torch.mul(grad, 1 - 3 * dt + (dt if ctx.first else 0.0))
+            grad_h.view(batch, channels, -1).baddbmm_(w.expand(batch, -1, -1), grad.view(batch, channels, -1), alpha=dt)
+            grad_h.view(-1, steps).addmm_(rows, w2.T, alpha=dt)
+            grad_h.add_(torch.einsum("nm,bcnt->bcmt", adj, grad * (dt * scale)[:, None]))
+        if need_h0 and not ctx.first:
+            grad_h0 = grad * dt
+        if need_scale:  # dt * sum over (b, c, t) of grad * (A h), per node
+            grad_scale = dt * (propagated * grad).sum(dim=(0, 1, 3))
+        if need_w:
+            h_rows = h.view(batch, channels, -1)
+            grad_w = dt * torch.bmm(h_rows, grad.view(batch, channels, -1).transpose(1, 2)).sum(0)
+        if need_w2:
+            grad_w2 = dt * (h.view(-1, steps).T @ rows)
         return grad_h, grad_h0, None, grad_scale, grad_w, grad_w2, None
 
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from gptst.device import device_policy
 from gptst.models.gptst.config import GptstConfig
+from gptst.models.kernels import apply_kernel
 
 NEGATIVE_SLOPE = 0.01
 SQUASH_EPS = 1e-8
@@ -128,18 +129,6 @@ def project_input(
 # temporaries stay in cache and below glibc's mmap threshold (whole-batch temporaries, 40 MB
 # at B=64, N=207, are fresh mmaps that page-fault on every allocation); on a GPU one chunk is
 # the whole batch. The naive twin's autograd checks every kernel.
-
-
-def _run(kernel: type[torch.autograd.Function], *args):
-    """``kernel.apply(*args)``; under autocast, on inputs cast to the autocast dtype with
-    autocast off inside (the kernels' ``out=`` products need one dtype)."""
-    device_type = next(a for a in args if isinstance(a, Tensor)).device.type
-    if not torch.is_autocast_enabled(device_type):
-        return kernel.apply(*args)
-    dtype = torch.get_autocast_dtype(device_type)
-    args = tuple(a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args)
-    with torch.autocast(device_type, enabled=False):
-        return kernel.apply(*args)
 
 
 # Floats of one [c, T, N, D] chunk on the CPU. Step-wise work (per-(b, t) GEMMs, step mixing)
@@ -584,8 +573,8 @@ class TemporalHyperLayer(nn.Module):
         # contraction order that avoids them costs E times the multiply-adds and a
         # [B,T,N,E,D] intermediate.
         if isinstance(h, LowRank):
-            return _run(_LowRankStepMix, h.basis, h.coef, mixing, weight, bias)
-        return _run(_StepMixLinear, h, mixing, weight, bias, True)
+            return apply_kernel(_LowRankStepMix, h.basis, h.coef, mixing, weight, bias)
+        return apply_kernel(_StepMixLinear, h, mixing, weight, bias, True)
 
 
 class CapsuleHyperLayer(nn.Module):
@@ -621,7 +610,7 @@ class CapsuleHyperLayer(nn.Module):
         pre, routed = self._primary_and_route(h, logits.detach())
         assign = torch.softmax(routed + logits, dim=-2)  # Cw, softmax over clusters
         # S = Cw @ P, contracting N: no [B,T,HS,N,D] tensor.
-        clusters = _run(_PrimaryClusters, h, self.primary.weight, self.primary.bias, assign, pre)
+        clusters = apply_kernel(_PrimaryClusters, h, self.primary.weight, self.primary.bias, assign, pre)
         del pre
         flat = (clusters + self.step_position.view(T, 1, 1)).reshape(B, T * self.clusters, D)
         incidence = generate(tau_s, self.cross_incidence)  # G [B, HT, HS*T] or [HT, HS*T]
@@ -631,7 +620,7 @@ class CapsuleHyperLayer(nn.Module):
         weight = generate(nu_s, self.out_weight)  # W_n [N, D, D] or [D, D]
         bias = generate(nu_s, self.out_bias)  # [N, D] or [D]
         # Hr = Cw^T V back to regions, then the node-specific transform and the residual.
-        return _run(_ClusterReadout, assign, caps, h, weight, bias), assign
+        return apply_kernel(_ClusterReadout, assign, caps, h, weight, bias), assign
 
     def _primary_and_route(self, h: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
         """Primary capsules before squash [B,T,N,D] and routing logits b [B,T,HS,N], without gradient.
@@ -699,6 +688,6 @@ class MaskPredictor(nn.Module):
         # Linear(C -> D) is rank C+1 per cell: the node-specific transform works on it directly.
         projected = project_input(x, self.input_proj)
         node_weight, node_bias = generate(nu, self.node_weight), generate(nu, self.node_bias)
-        h = _run(_LowRankNodeLinear, projected.basis, projected.coef, node_weight, node_bias)
-        h = _run(_StepMixLinear, h, None, generate(tau, self.time_weight), generate(tau, self.time_bias), False)
+        h = apply_kernel(_LowRankNodeLinear, projected.basis, projected.coef, node_weight, node_bias)
+        h = apply_kernel(_StepMixLinear, h, None, generate(tau, self.time_weight), generate(tau, self.time_bias), False)
         return self.output_proj(h)

@@ -1,0 +1,82 @@
+"""The GPU's mixed precision, exercised on the CPU: the device policy trains under bfloat16
+autocast on CUDA (float16 with loss scaling where the GPU lacks bfloat16: the same casts; not run
+here, as oneDNN's CPU LSTM has no float16 kernel for ST-MGCN's sizes). Every
+baseline, in the plain variant and fused with a GPT-ST encoder (gptst), takes a forward and
+backward step under bfloat16 autocast at the tiny preset's sizes and gets finite float32 gradients.
+A hand-written kernel whose in-place products mix the autocast dtype with float32 parameters fails
+here (the gated fusion did, before it cast its inputs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from gptst.data.calendar import calendar_features
+from gptst.models.baselines.registry import build_baseline, graphs_needed, registered_baselines
+from gptst.models.forecaster import Forecaster, input_dim
+from gptst.models.gptst.config import GptstConfig
+from gptst.models.gptst.model import build_model
+
+from .baseline_checks import derived_week_graph, week_windows
+from .conftest import REPO_ROOT
+
+NODES = 24
+WINDOWS = 4
+TINY = yaml.safe_load((REPO_ROOT / "presets" / "tiny.yaml").read_text())["baselines"]
+
+
+@pytest.fixture(scope="module")
+def graph(week):
+    return derived_week_graph(week, graphs_needed(registered_baselines()), NODES)
+
+
+def _encoder(hidden: int) -> torch.nn.Module:
+    torch.manual_seed(1)
+    cfg = GptstConfig(
+        num_nodes=NODES,
+        t_in=12,
+        channels=1,
+        hidden=hidden,
+        embed=4,
+        clusters=4,
+        cross_hyperedges=4,
+        temporal_hyperedges=4,
+    )
+    return build_model(cfg).eval()
+
+
+@pytest.mark.parametrize("variant", ["plain", "gptst"])
+@pytest.mark.parametrize("name", registered_baselines())
+def test_every_baseline_trains_a_step_under_bfloat16_autocast(week, graph, name, variant):
+    x, y, _ = week_windows(week, windows=WINDOWS, nodes=NODES)
+    cal = calendar_features(week.timestamps)
+    cal = torch.from_numpy(np.stack([cal[s : s + 12] for s in np.arange(WINDOWS) * 6])).float()  # week_windows' starts
+    hidden = 8
+    encoder = _encoder(hidden) if variant == "gptst" else None
+    torch.manual_seed(0)
+    baseline = build_baseline(
+        name,
+        num_nodes=NODES,
+        in_dim=input_dim(variant, 1, hidden),
+        out_dim=1,
+        in_steps=12,
+        out_steps=12,
+        graph=graph,
+        params=TINY.get(name),
+    )
+    forecaster = Forecaster(baseline, variant, encoder=encoder, channels=1).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        forecast = forecaster(x, cal)
+    assert forecast.shape == (WINDOWS, 12, NODES, 1)
+    loss = (forecast.float() - x).abs().mean()  # any loss: the gradients' dtype and finiteness are the point
+    loss.backward()
+    params = forecaster.trainable_parameters()
+    grads = {n: p.grad for n, p in forecaster.named_parameters() if p.requires_grad}
+    assert all(p.dtype == torch.float32 for p in params)
+    assert any(g is not None for g in grads.values())
+    for n, g in grads.items():
+        assert g is None or (g.dtype == torch.float32 and torch.isfinite(g).all()), n
+    if variant == "gptst":
+        assert all(grads[f"fusion.{n}"] is not None for n, _ in forecaster.fusion.named_parameters())

@@ -3,7 +3,7 @@
 # paper sizes, B=64, N=207 and 2,352, peak GPU memory, one epoch of the week end to end). Without
 # CUDA it runs the same rows on the CPU at tiny sizes (the test suite runs `bench/gpu.sh --tiny`).
 #
-#   bench/gpu.sh [--tiny] [--baselines gwn tgcn] [--steps 5] [--out FILE]
+#   bench/gpu.sh [--tiny] [--baselines gwn tgcn] [--steps 5] [--amp-dtype bfloat16] [--out FILE]
 #
 # A GPU machine with its own Python (torch, numpy, pandas, pyarrow, pyyaml; no package registry,
 # no DVC/MLflow/Prefect) needs one folder beside this script, prepared here by

@@ -9,9 +9,12 @@ reading the fp16 encode cache, as finetune does), and one epoch of the week end 
 cache, one epoch, validation and test). Each step is the trainer's own (``Trainer.train_step``:
 the device's autocast, scaled backward, clipping, Adam); peak memory is the GPU's allocator peak
 per row (on the CPU: the process's peak RSS so far). Without CUDA, or with ``--tiny``: the same
-rows at the tiny preset, B=4, N=207 and 414, on whatever device there is (the suite runs it so).
+rows at the tiny preset, B=4, N=207 and 414, on whatever device there is. ``--amp-dtype
+bfloat16`` trains the step rows under that autocast whatever the device: on the CPU, the GPU's
+mixed-precision path (the suite runs ``--tiny --amp-dtype bfloat16``); the end-to-end epoch keeps
+the stages' own precision.
 
-    bench/gpu.sh [--tiny] [--baselines gwn stgcn ...] [--steps 5] [--out FILE]
+    bench/gpu.sh [--tiny] [--baselines gwn stgcn ...] [--steps 5] [--amp-dtype bfloat16] [--out FILE]
 
 Writes bench/results/gpu.json (tiny: gpu_tiny.json; ``--out``).
 """
@@ -99,6 +102,12 @@ def main() -> None:
     parser.add_argument("--baselines", nargs="+", default=BASELINES)
     parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default 5, tiny 2)")
     parser.add_argument("--out", type=Path, help=f"default {relative(RESULTS)} (tiny: {relative(TINY_RESULTS)})")
+    parser.add_argument(
+        "--amp-dtype",
+        choices=["bfloat16", "float16"],
+        help="autocast of the step rows (default: the device policy's, float32 on the CPU); "
+        "bfloat16 on the CPU runs the GPU's mixed-precision path (the suite does)",
+    )
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -116,18 +125,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gptst-gpu-bench-") as tmp:
         work = Path(tmp)
         for nodes, (series, _) in datasets.items():
-            rows.extend(pretrain_rows(params, series, batch, steps, device, work / f"pre{nodes}"))
+            rows.extend(pretrain_rows(params, series, batch, steps, device, work / f"pre{nodes}", args.amp_dtype))
         for series, bundle in datasets.values():
             for baseline in args.baselines:
                 for variant in ("plain", "gptst"):
-                    rows.append(finetune_row(params, series, bundle, baseline, variant, batch, steps, device, work))
+                    rows.append(
+                        finetune_row(
+                            params, series, bundle, baseline, variant, batch, steps, device, work, args.amp_dtype
+                        )
+                    )
         rows.extend(epoch_end_to_end(params, week, graph, device, work, batch, whole=not tiny))
 
     total = time.perf_counter() - started
     name = torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
     print(
         f"\nGPT-ST and baselines, one device: {name} ({device}), preset {preset}, B={batch}, median of {steps} "
-        f"steps; N={large} is the week tiled (synthetic); {total:.0f} s in all; torch {torch.__version__}"
+        f"steps{f', step rows under {args.amp_dtype} autocast' if args.amp_dtype else ''}; "
+        f"N={large} is the week tiled (synthetic); {total:.0f} s in all; torch {torch.__version__}"
     )
     memory = "peak GPU MB" if device.startswith("cuda") else "peak RSS MB"
     header = f"{'what':<18} {'model':<8} {'variant':<7} {'N':>5} {'B':>3} {'ms':>9} {'samples/s':>10} {memory:>12}"
@@ -144,6 +158,7 @@ def main() -> None:
         "device_name": name,
         "mode": "tiny" if tiny else "paper",
         "preset": preset,
+        "amp_dtype": args.amp_dtype,  # None: the device policy's
         "node_counts": list(datasets),
         "total_s": total,
         "torch": torch.__version__,
@@ -157,11 +172,13 @@ def main() -> None:
     print(f"written: {relative(out)}")
 
 
-def pretrain_rows(params, series, batch: int, steps: int, device: str, work: Path) -> list[dict]:
+def pretrain_rows(
+    params, series, batch: int, steps: int, device: str, work: Path, amp_dtype: str | None = None
+) -> list[dict]:
     """The pre-training step and encoder inference at ``series``' size."""
     nodes = len(series.node_ids)
     reset_peak(device)
-    trainer, sample, epoch = pretrain_trainer(params, series, batch, device, work)
+    trainer, sample, epoch = pretrain_trainer(params, series, batch, device, work, amp_dtype=amp_dtype)
     out = [
         row(
             "pretrain step",
@@ -182,11 +199,22 @@ def pretrain_rows(params, series, batch: int, steps: int, device: str, work: Pat
 
 
 def finetune_row(
-    params, series, graph, baseline: str, variant: str, batch: int, steps: int, device: str, work: Path
+    params,
+    series,
+    graph,
+    baseline: str,
+    variant: str,
+    batch: int,
+    steps: int,
+    device: str,
+    work: Path,
+    amp_dtype: str | None = None,
 ) -> dict:
     """One baseline's finetune step in one variant at ``series``' size."""
     reset_peak(device)
-    trainer, sample = finetune_trainer(params, series, graph, baseline, variant, batch, device, work)
+    trainer, sample = finetune_trainer(
+        params, series, graph, baseline, variant, batch, device, work, amp_dtype=amp_dtype
+    )
     seconds = timed(lambda: trainer.train_step(sample, 1), steps, device)
     return row("finetune step", baseline, variant, len(series.node_ids), batch, seconds, device)
 

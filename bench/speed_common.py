@@ -187,10 +187,19 @@ def tiled(series, graph, nodes: int, seed: int = 0, baselines=()):
     return scaled, with_derived_graphs(scaled, GraphBundle(adj=adj, node_ids=scaled.node_ids), baselines)
 
 
-def pretrain_trainer(params, series, batch_size: int, device: str, workdir: Path):
+def _with_amp(config, amp_dtype: str | None):
+    """``config`` (a TrainerConfig) with autocast in ``amp_dtype``; None: as the stage builds it
+    (the device policy's dtype: float32 on the CPU)."""
+    import dataclasses
+
+    return config if amp_dtype is None else dataclasses.replace(config, amp=True, amp_dtype=amp_dtype)
+
+
+def pretrain_trainer(params, series, batch_size: int, device: str, workdir: Path, amp_dtype: str | None = None):
     """The pretrain stage's trainer for ``series`` at ``params`` sizes, the first ``batch_size``
     training windows as a batch, and an epoch in the adaptive phase (predictor, cluster masks
-    and KL all run: the epoch is past E0)."""
+    and KL all run: the epoch is past E0). ``amp_dtype`` ("bfloat16"): train under that autocast
+    whatever the device (on the CPU, the GPU's precision)."""
     from gptst.data.batch import WindowBatcher
     from gptst.data.scaler import fit_train_scaler
     from gptst.data.windows import make_splits
@@ -215,7 +224,7 @@ def pretrain_trainer(params, series, batch_size: int, device: str, workdir: Path
         objective,
         pretrain_step_fn(masker),
         pretrain_groups(model, pre),
-        pretrain_trainer_config(pre),
+        _with_amp(pretrain_trainer_config(pre), amp_dtype),
         checkpoint_dir=workdir / "pretrain_state",
         device=device,
         val_fn=_no_validation,
@@ -227,12 +236,22 @@ def pretrain_trainer(params, series, batch_size: int, device: str, workdir: Path
 
 
 def finetune_trainer(
-    params, series, graph, baseline: str, variant: str, batch_size: int, device: str, workdir: Path, on_the_fly=False
+    params,
+    series,
+    graph,
+    baseline: str,
+    variant: str,
+    batch_size: int,
+    device: str,
+    workdir: Path,
+    on_the_fly=False,
+    amp_dtype: str | None = None,
 ):
     """The finetune stage's trainer for one baseline and variant, and a batch of the first
     ``batch_size`` training windows; a gptst variant reads those windows from an fp16 encode
     cache (as finetune does) of an untrained encoder of ``pretrain.model``'s sizes, or with
-    ``on_the_fly`` runs that encoder on every batch (finetune's path above the cache's cap)."""
+    ``on_the_fly`` runs that encoder on every batch (finetune's path above the cache's cap);
+    ``amp_dtype`` as in :func:`pretrain_trainer`."""
     from gptst.models.encoded import EncodedCache, write_encoded
     from gptst.models.gptst.bundle import EncoderBundle
     from gptst.training.finetune import (
@@ -273,7 +292,7 @@ def finetune_trainer(
         forecaster,
         finetune_step_fn(params, data, baseline, cache),
         [ParamGroup("forecaster", forecaster.trainable_parameters(), common.grad_clip)],
-        finetune_trainer_config(common),
+        _with_amp(finetune_trainer_config(common), amp_dtype),
         checkpoint_dir=workdir / "finetune_state",
         device=device,
         val_fn=_no_validation,

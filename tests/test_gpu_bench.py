@@ -48,7 +48,7 @@ def test_gpu_sh_runs_its_cpu_mode_end_to_end_and_prints_one_table(tmp_path):
     out = tmp_path / "gpu.json"
     env = {**os.environ, "PYTHON": sys.executable}
     proc = subprocess.run(
-        ["bash", "bench/gpu.sh", "--tiny", "--baselines", "tgcn", "--out", str(out)],
+        ["bash", "bench/gpu.sh", "--tiny", "--baselines", "tgcn", "--amp-dtype", "bfloat16", "--out", str(out)],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
@@ -62,5 +62,6 @@ def test_gpu_sh_runs_its_cpu_mode_end_to_end_and_prints_one_table(tmp_path):
     assert len(doc["node_counts"]) == 2 and doc["node_counts"][0] == 207  # the week, and a tiled copy of it
     assert all(r["seconds"] > 0 for r in rows)
     assert doc["device"] == "cpu" and doc["mode"] == "tiny"
+    assert doc["amp_dtype"] == "bfloat16"  # the step rows ran the GPU's mixed-precision path
     table = proc.stdout
     assert "pretrain step" in table and "finetune step" in table and "peak" in table

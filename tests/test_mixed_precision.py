@@ -1,8 +1,8 @@
 """The GPU's mixed precision, exercised on the CPU: the device policy trains under bfloat16
-autocast on CUDA (float16 with loss scaling where the GPU lacks bfloat16: the same casts; not run
-here, as oneDNN's CPU LSTM has no float16 kernel for ST-MGCN's sizes). Every
-baseline, in the plain variant and fused with a GPT-ST encoder (gptst), takes a forward and
-backward step under bfloat16 autocast at the tiny preset's sizes and gets finite float32 gradients.
+autocast on CUDA, float16 (with loss scaling) where the GPU lacks bfloat16. Every baseline, in the
+plain variant and fused with a GPT-ST encoder (gptst), takes a forward and backward step under
+each autocast at the tiny preset's sizes and gets finite float32 gradients (but ST-MGCN's plain
+variant in float16: oneDNN's CPU LSTM has no float16 kernel for its one-channel input).
 A hand-written kernel whose in-place products mix the autocast dtype with float32 parameters fails
 here (the gated fusion did, before it cast its inputs)."""
 
@@ -47,9 +47,13 @@ def _encoder(hidden: int) -> torch.nn.Module:
     return build_model(cfg).eval()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("variant", ["plain", "gptst"])
 @pytest.mark.parametrize("name", registered_baselines())
-def test_every_baseline_trains_a_step_under_bfloat16_autocast(week, graph, name, variant):
+def test_every_baseline_trains_a_step_under_autocast(week, graph, name, variant, dtype):
+    if dtype == torch.float16 and name == "stmgcn" and variant == "plain":
+        # "could not create a primitive descriptor for the LSTM forward propagation primitive"
+        pytest.skip("oneDNN's CPU LSTM has no float16 kernel for ST-MGCN's one-channel input (a CPU limit)")
     x, y, _ = week_windows(week, windows=WINDOWS, nodes=NODES)
     cal = calendar_features(week.timestamps)
     cal = torch.from_numpy(np.stack([cal[s : s + 12] for s in np.arange(WINDOWS) * 6])).float()  # week_windows' starts
@@ -67,7 +71,7 @@ def test_every_baseline_trains_a_step_under_bfloat16_autocast(week, graph, name,
         params=TINY.get(name),
     )
     forecaster = Forecaster(baseline, variant, encoder=encoder, channels=1).train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         forecast = forecaster(x, cal)
     assert forecast.shape == (WINDOWS, 12, NODES, 1)
     loss = (forecast.float() - x).abs().mean()  # any loss: the gradients' dtype and finiteness are the point

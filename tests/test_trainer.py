@@ -244,3 +244,33 @@ def test_pretraining_and_finetuning_pass_their_plateau_and_decay_settings_to_the
         finetune_trainer_config(FinetuneCommon(**settings)),
     ):
         assert {k: getattr(config, k) for k in settings} == settings
+
+
+def test_the_float16_path_scales_the_loss_unscales_before_clipping_and_skips_an_overflowing_step(data, tmp_path):
+    """The GPUs without bfloat16 train under float16 autocast with a gradient scaler (enabled on
+    CUDA only). Enabled here on the CPU: a scaled step makes the same update as an unscaled one
+    (gradients are unscaled before clipping and Adam), and a step whose gradients overflow is
+    skipped, the scale halved."""
+    plain, plain_model = make_trainer(data, tmp_path / "plain", epochs=1, amp=True, amp_dtype="float16")
+    scaled, scaled_model = make_trainer(data, tmp_path / "scaled", epochs=1, amp=True, amp_dtype="float16")
+    assert not plain.grad_scaler.is_enabled()  # the CPU does not scale; CUDA would
+    scaled.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    batch = next(iter(batches(data, 1)(1)))
+    plain.train_step(batch, 1)
+    logs = scaled.train_step(batch, 1)
+    for a, b in zip(plain_model.parameters(), scaled_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert math.isfinite(logs["grad_norm_all"]) and logs["grad_norm_all"] < 1e3  # clipped on unscaled gradients
+
+    before = [p.detach().clone() for p in scaled_model.parameters()]
+    inner = scaled.step_fn
+
+    def overflowing(module, batch, epoch):
+        result = inner(module, batch, epoch)
+        return StepResult(result.loss * float("inf"), result.logs)
+
+    scaled.step_fn = overflowing
+    scale = scaled.grad_scaler.get_scale()
+    scaled.train_step(batch, 1)
+    assert all(torch.equal(p, q) for p, q in zip(before, scaled_model.parameters(), strict=True))
+    assert scaled.grad_scaler.get_scale() == scale / 2

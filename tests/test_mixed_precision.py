@@ -8,6 +8,8 @@ here (the gated fusion did, before it cast its inputs)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -84,3 +86,59 @@ def test_every_baseline_trains_a_step_under_autocast(week, graph, name, variant,
         assert g is None or (g.dtype == torch.float32 and torch.isfinite(g).all()), n
     if variant == "gptst":
         assert all(grads[f"fusion.{n}"] is not None for n, _ in forecaster.fusion.named_parameters())
+
+
+def test_pretraining_and_a_gptst_finetune_run_end_to_end_under_the_gpus_autocast(week, tmp_path, monkeypatch):
+    """The stage functions with the trainer's device policy replaced by the GPU's autocast
+    (bfloat16; the CPU's chunked kernels stay): one pre-training epoch with its validation, the
+    encode cache, and one T-GCN gptst epoch with its validation and test scoring, all finite."""
+    import gptst.training.trainer as trainer_module
+    from gptst.device import DevicePolicy
+    from gptst.io import sha256_file
+    from gptst.models.encoded import EncodedCache
+    from gptst.models.gptst.bundle import load_encoder
+    from gptst.params import load_params
+    from gptst.training.finetune import DownstreamData, cache_encoder, finetune
+    from gptst.training.pretrain import pretrain
+
+    from .baseline_checks import week_graph
+
+    asked: list[str] = []
+
+    def gpu_like(device):
+        asked.append(str(device))
+        return DevicePolicy(chunked=True, autocast_dtype=torch.bfloat16, retain_heap=True)
+
+    monkeypatch.setattr(trainer_module, "device_policy", gpu_like)
+    autocasts: list[torch.dtype | None] = []
+    original = trainer_module.Trainer._autocast
+
+    def recorded(self):
+        autocasts.append(self.amp_dtype)
+        return original(self)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_autocast", recorded)
+    params = load_params(
+        REPO_ROOT / "params.yaml", {"preset": "tiny", "pretrain.epochs": 1, "finetune.common.epochs": 1}
+    )
+    result = pretrain(params, week, state_dir=tmp_path / "pretrain")
+    assert asked and autocasts and set(autocasts) == {torch.bfloat16}  # every step and validation autocast
+    assert math.isfinite(result.val_mae) and math.isfinite(result.fit.history[0]["train_loss"])
+    path = result.save_encoder(tmp_path / "encoder.pt", params, week, dataset_sha256="test")
+    bundle = load_encoder(path)
+    data = DownstreamData.prepare(params, week, week_graph(week), "cpu")
+    sha = sha256_file(path)
+    cache_encoder(tmp_path / "encoded", params, data, bundle, encoder_sha256=sha, device="cpu")
+    tuned = finetune(
+        params,
+        data,
+        "tgcn",
+        "gptst",
+        encoder_bundle=bundle,
+        cache=EncodedCache.open(tmp_path / "encoded", sha),
+        state_dir=tmp_path / "finetune",
+    )
+    assert math.isfinite(tuned.fit.history[0]["train_loss"]) and math.isfinite(tuned.fit.history[0]["val_metric"])
+    assert all(math.isfinite(v) for row in tuned.test.values() for v in row.values())
+    assert np.isfinite(tuned.test_pred).all()
+    assert set(autocasts) == {torch.bfloat16}

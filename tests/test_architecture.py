@@ -228,26 +228,22 @@ def test_every_stage_depends_on_exactly_the_project_modules_it_runs():
     assert problems == []
 
 
-def test_a_missing_dep_is_named_with_its_stage():
+@pytest.mark.parametrize(
+    ("item", "dep"),
+    [
+        ("finetune@tgcn", "src/gptst/data/windows.py"),
+        # The finetune deps serve whatever finetune.baselines lists: without the layers STSGCN shares
+        # with STFGNN, an edit to them would leave a trained STSGCN item stale.
+        ("finetune@stsgcn", "src/gptst/models/baselines/_stsgcn_layers.py"),
+    ],
+    ids=["default-baseline", "opt-in-baseline"],
+)
+def test_a_missing_dep_is_named_with_its_stage(item, dep):
     entries = stage_entries()
-    ((script, deps),) = entries["finetune@tgcn"]
-    planted = [d for d in deps if d != "src/gptst/data/windows.py"]
+    ((script, deps),) = entries[item]
     siblings = [s for s in entries if s.startswith("finetune@")]
-    assert dep_problems("finetune@tgcn", script, planted, siblings) == [
-        "finetune@tgcn: src/gptst/data/windows.py is imported but not in deps"
-    ]
-
-
-def test_a_module_only_an_opt_in_baseline_imports_is_still_a_dep_of_its_items():
-    """The finetune deps serve whatever ``finetune.baselines`` lists: without the layers STSGCN
-    shares with STFGNN, an edit to them would leave a trained STSGCN item stale."""
-    entries = stage_entries()
-    ((script, deps),) = entries["finetune@stsgcn"]
-    planted = [d for d in deps if d != "src/gptst/models/baselines/_stsgcn_layers.py"]
-    siblings = [s for s in entries if s.startswith("finetune@")]
-    assert dep_problems("finetune@stsgcn", script, planted, siblings) == [
-        "finetune@stsgcn: src/gptst/models/baselines/_stsgcn_layers.py is imported but not in deps"
-    ]
+    planted = [d for d in deps if d != dep]
+    assert dep_problems(item, script, planted, siblings) == [f"{item}: {dep} is imported but not in deps"]
 
 
 def test_a_finetune_item_runs_only_its_own_baseline_and_gptst_random_runs_the_gptst_model():

@@ -69,10 +69,13 @@ def measure(step, steps, profile=False, profile_steps=2):
     table = ""
     if profile:
         from torch.profiler import ProfilerActivity, profile as torch_profile
-        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        from profile_tables import shape_table
+        with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             for _ in range(profile_steps):
                 step()
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48)
+        by_shape = shape_table(prof.key_averages(group_by_input_shape=True), profile_steps)
+        table += f"\nby input shape, per step:\n{by_shape}\n"
     return {
         "step_median_s": statistics.median(times), "step_min_s": min(times), "step_max_s": max(times),
         "peak_rss_increase_mb": (peak - base) / 1024, "gflop_per_step": counter.get_total_flops() / 1e9,

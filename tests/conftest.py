@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -25,6 +28,16 @@ if THREADS is not None:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO_ROOT / "tests" / "data"
 WEEK_DIR = REPO_ROOT / "data" / "raw" / "metr-la-week"
+
+
+def load_bench_script(name: str) -> ModuleType:
+    """``bench/<name>.py`` as the module ``bench_<name>`` (the bench folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO_ROOT / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ through bench/gpu_protocol.sh --shrink (its CPU mode: the tiny preset on the emb
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, load_bench_script
 
 PROTOCOL = {
     "study": "test",
@@ -35,12 +34,7 @@ PROTOCOL = {
 
 
 def _study_module():
-    spec = importlib.util.spec_from_file_location("bench_accuracy", REPO_ROOT / "bench" / "accuracy.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("accuracy")
 
 
 def test_every_result_is_an_mlflow_run_of_the_study_experiment(tmp_path: Path):

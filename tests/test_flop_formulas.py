@@ -3,23 +3,17 @@ each equals what the counter finds in the same computation written with plain ma
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from .conftest import REPO_ROOT
+from .conftest import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def formulas():
-    spec = importlib.util.spec_from_file_location("bench_flop_formulas", REPO_ROOT / "bench" / "flop_formulas.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.custom_flop_formulas()
+    return load_bench_script("flop_formulas").custom_flop_formulas()
 
 
 def forward_backward_flops(fn, mapping=None) -> int:

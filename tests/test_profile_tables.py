@@ -3,23 +3,17 @@ from its input shapes, and a profile's (op, shapes) rows with their calls and ti
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from .conftest import REPO_ROOT
+from .conftest import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def tables():
-    spec = importlib.util.spec_from_file_location("bench_profile_tables", REPO_ROOT / "bench" / "profile_tables.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("profile_tables")
 
 
 @pytest.mark.parametrize(

@@ -3,23 +3,18 @@ largest N whose fitted peak memory fits a budget."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 import pytest
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, load_bench_script
 
 
 @pytest.fixture(scope="module")
 def scale():
     sys.path.insert(0, str(REPO_ROOT / "bench"))  # scale.py imports its sibling speed_common
     try:
-        spec = importlib.util.spec_from_file_location("bench_scale", REPO_ROOT / "bench" / "scale.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
+        yield load_bench_script("scale")
     finally:
         sys.path.remove(str(REPO_ROOT / "bench"))
 

@@ -103,14 +103,9 @@ def _env() -> dict[str, str]:
 
 
 def test_the_overhead_bench_counts_finetune_items_and_evaluate_plus_promote():
-    import importlib.util
+    from .conftest import load_bench_script
 
-    from .conftest import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location("bench_stage_overhead", REPO_ROOT / "bench" / "stage_overhead.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench_script("stage_overhead")
 
     def record(stage: str, wall: float, loops: float) -> dict:
         return {
